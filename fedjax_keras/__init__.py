@@ -1,0 +1,1 @@
+"""fedjax_keras: fast federated-learning simulation for Keras 3 models on JAX."""
