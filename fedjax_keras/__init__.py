@@ -1,1 +1,13 @@
 """fedjax_keras: fast federated-learning simulation for Keras 3 models on JAX."""
+
+# models/ must be imported first: it selects the JAX backend before keras loads.
+from fedjax_keras import models as models
+from fedjax_keras import errors as errors
+from fedjax_keras import metrics as metrics
+from fedjax_keras import optimizers as optimizers
+from fedjax_keras.models import BatchOutput as BatchOutput
+from fedjax_keras.models import Model as Model
+from fedjax_keras.models import ModelWeights as ModelWeights
+from fedjax_keras.models import from_keras_model as from_keras_model
+
+__version__ = "0.1.0"

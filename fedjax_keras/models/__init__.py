@@ -1,0 +1,11 @@
+"""Keras models as pure JAX functions; the only package that imports keras."""
+
+from fedjax_keras.models._backend import select_jax_backend_if_unset as _select
+
+_select()
+
+from fedjax_keras.models._batch import Batch as Batch  # noqa: E402
+from fedjax_keras.models._from_keras import Model as Model  # noqa: E402
+from fedjax_keras.models._from_keras import from_keras_model as from_keras_model  # noqa: E402
+from fedjax_keras.models._weights import BatchOutput as BatchOutput  # noqa: E402
+from fedjax_keras.models._weights import ModelWeights as ModelWeights  # noqa: E402

@@ -1,0 +1,466 @@
+"""`from_keras_model`: a Keras 3 model as pure JAX functions over explicit pytrees.
+
+The counterpart of TensorFlow Federated's ``tff.learning.from_keras_model``. Every
+computation runs the Keras model inside a ``keras.StatelessScope`` whose state
+mapping holds the weights passed in, so the Keras model itself is never changed,
+and the functions work under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from fedjax_keras import errors
+from fedjax_keras.metrics import MetricSuite
+from fedjax_keras.models import _backend
+from fedjax_keras.models._batch import Batch, as_batch, example_mask
+from fedjax_keras.models._keras_metrics import build_metric_suite
+from fedjax_keras.models._losses import OutputLoss, build_output_losses, total_loss
+from fedjax_keras.models._outputs import OutputStructure
+from fedjax_keras.models._variables import VariableLayout
+from fedjax_keras.models._weights import BatchOutput, ModelWeights
+from fedjax_keras.optimizers import Optimizer, as_optimizer
+from fedjax_keras.optimizers._functional import tree_where
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A Keras model wrapped as pure functions; build it with `from_keras_model`.
+
+    Attributes:
+      initial_weights: `ModelWeights` copied from the Keras model at wrap time.
+      output_names: one name per model output.
+      metrics: the `MetricSuite` built from the ``metrics`` argument.
+      input_spec: pytree of ``jax.ShapeDtypeStruct`` for one batch
+        ``{'x': ..., 'y': ...}``, taken from ``dummy_batch`` / ``input_spec``.
+    """
+
+    initial_weights: ModelWeights
+    output_names: tuple[str, ...]
+    metrics: MetricSuite
+    input_spec: Any
+    _keras_model: keras.Model = dataclasses.field(repr=False)
+    _layout: VariableLayout = dataclasses.field(repr=False)
+    _outputs: OutputStructure = dataclasses.field(repr=False)
+    _losses: tuple[OutputLoss, ...] = dataclasses.field(repr=False)
+    _optimizer: Optimizer | None = dataclasses.field(repr=False)
+    _dummy_x: Any = dataclasses.field(repr=False)
+
+    # ----------------------------------------------------------------- calling
+    @property
+    def has_randomness(self) -> bool:
+        """Whether the model has random layers (Dropout, noise), which need ``rng``."""
+        return bool(self._layout.seed_states)
+
+    def _seed_values(self, rng, training: bool) -> list:
+        if not self._layout.seed_states:
+            return []
+        if rng is None:
+            if training:
+                raise ValueError(
+                    "This model has random layers ("
+                    + ", ".join(path for path, _ in self._layout.seed_states)
+                    + ") and runs in training mode, so it needs a key: pass "
+                    "rng=jax.random.key(seed)."
+                )
+            return [jnp.asarray(v.value) for _, v in self._layout.seed_states]
+        # Keras keeps Dropout's randomness in seed-generator variables; deriving each
+        # from the caller's key makes masks depend on `rng` alone, so vmapped clients
+        # with different keys never share masks.
+        return [
+            jax.random.bits(jax.random.fold_in(rng, index), (2,), jnp.uint32)
+            for index in range(len(self._layout.seed_states))
+        ]
+
+    def _call(self, trainable, non_trainable, x, *, training: bool, rng):
+        """Runs the Keras model statelessly.
+
+        Returns:
+          (outputs, new non-trainable dict, list of extra scalar losses).
+        """
+        layout = self._layout
+        mapping = [(v, trainable[path]) for path, v in layout.trainable]
+        mapping += [(v, non_trainable[path]) for path, v in layout.non_trainable]
+        mapping += [
+            (v, value)
+            for (_, v), value in zip(layout.seed_states, self._seed_values(rng, training))
+        ]
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            outputs = self._keras_model(x, training=training)
+            extra_losses = list(self._keras_model.losses)
+        new_non_trainable = {
+            path: scope.get_current_value(v) for path, v in layout.non_trainable
+        }
+        return outputs, new_non_trainable, extra_losses
+
+    def apply(self, weights: ModelWeights, x, *, training: bool = False, rng=None):
+        """The model's predictions for inputs ``x``.
+
+        Args:
+          weights: a `ModelWeights`.
+          x: inputs, a pytree of arrays with leaves [batch, ...].
+          training: run layers in training mode (Dropout active, BatchNormalization
+            on batch statistics).
+          rng: a JAX key; required in training mode when `has_randomness`.
+
+        Returns:
+          With ``training=False``, the predictions (the model's output structure,
+          leaves [batch, ...]). With ``training=True``, ``(predictions,
+          new_non_trainable)`` where the second item holds the updated
+          non-trainable weights (e.g. BatchNormalization moving statistics).
+        """
+        outputs, new_non_trainable, _ = self._call(
+            weights.trainable, weights.non_trainable, x, training=training, rng=rng
+        )
+        return (outputs, new_non_trainable) if training else outputs
+
+    def forward_pass(self, weights: ModelWeights, batch, *, training: bool = True, rng=None):
+        """Loss, predictions and example count for one batch (TFF's ``forward_pass``).
+
+        Args:
+          weights: a `ModelWeights`.
+          batch: ``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``; ``mask`` is
+            [batch] with 0 for padded examples, which then change neither the
+            loss, its gradient, nor ``num_examples``.
+          training: training mode (see `apply`).
+          rng: a JAX key (see `apply`).
+
+        Returns:
+          `BatchOutput`.
+        """
+        _, output = self.loss_and_output(
+            weights.trainable, weights.non_trainable, batch, training=training, rng=rng
+        )
+        return output
+
+    def loss(self, weights: ModelWeights, batch, *, training: bool = True, rng=None):
+        """Scalar loss for one batch, differentiable with `jax.grad`.
+
+        It is the sum over outputs of ``loss_weight * masked mean loss``, plus
+        the model's regularization and ``add_loss`` losses, as in Keras.
+        """
+        loss, _ = self.loss_and_output(
+            weights.trainable, weights.non_trainable, batch, training=training, rng=rng
+        )
+        return loss
+
+    def loss_and_output(self, trainable, non_trainable, batch, *, training=True, rng=None):
+        """``(loss, BatchOutput)``, shaped for ``jax.value_and_grad(..., has_aux=True)``.
+
+        Args:
+          trainable: dict of trainable weights (the argument to differentiate).
+          non_trainable: dict of non-trainable weights.
+          batch: as in `forward_pass`.
+        """
+        batch = as_batch(batch)
+        mask = example_mask(batch)
+        outputs, new_non_trainable, extra = self._call(
+            trainable, non_trainable, batch.x, training=training, rng=rng
+        )
+        labels = self._outputs.split_labels(batch.y)
+        predictions = self._outputs.split_predictions(outputs)
+        loss = total_loss(self._losses, labels, predictions, mask, extra)
+        num_examples = jnp.sum(mask).astype(jnp.int32)
+        return loss, BatchOutput(loss, outputs, num_examples, new_non_trainable)
+
+    # ----------------------------------------------------------------- training
+    @property
+    def optimizer(self) -> Optimizer:
+        """The functional optimizer given to `from_keras_model`.
+
+        Raises:
+          NoOptimizerError: when none was given.
+        """
+        if self._optimizer is None:
+            raise errors.NoOptimizerError(
+                "This model was wrapped without an optimizer: pass optimizer= to "
+                "from_keras_model (an optax transform or a Keras optimizer), or give the "
+                "client optimizer to the algorithm builder."
+            )
+        return self._optimizer
+
+    def init_optimizer_state(self, weights: ModelWeights):
+        """The optimizer state for ``weights.trainable``."""
+        return self.optimizer.init(weights.trainable)
+
+    def train_step(self, weights: ModelWeights, optimizer_state, batch, *, rng=None, optimizer=None):
+        """One gradient step on one batch, like Keras ``train_on_batch``.
+
+        A batch whose mask is all zeros (a padded step) leaves the weights and
+        the optimizer state unchanged, momentum and step counters included.
+
+        Args:
+          weights: a `ModelWeights`.
+          optimizer_state: from `init_optimizer_state`.
+          batch: as in `forward_pass`.
+          rng: a JAX key (see `apply`).
+          optimizer: an `Optimizer` to use instead of the model's own.
+
+        Returns:
+          ``(new_weights, new_optimizer_state, BatchOutput)``; the output holds the
+          loss and predictions computed before the step.
+        """
+        optimizer = optimizer or self.optimizer
+        grad_fn = jax.value_and_grad(self.loss_and_output, has_aux=True)
+        (_, output), grads = grad_fn(
+            weights.trainable, weights.non_trainable, batch, training=True, rng=rng
+        )
+        new_trainable, new_state = optimizer.update(grads, optimizer_state, weights.trainable)
+        has_examples = output.num_examples > 0
+        new_weights = ModelWeights(
+            tree_where(has_examples, new_trainable, weights.trainable),
+            tree_where(has_examples, output.non_trainable, weights.non_trainable),
+        )
+        return new_weights, tree_where(has_examples, new_state, optimizer_state), output
+
+    # ------------------------------------------------------------------ metrics
+    def init_metrics(self) -> dict:
+        """Empty unfinalized metric state (a dict by metric name)."""
+        return self.metrics.init()
+
+    def update_metrics(self, state: dict, batch, predictions) -> dict:
+        """Adds one batch's (masked) examples to the unfinalized metric state."""
+        batch = as_batch(batch)
+        return self.metrics.update(
+            state,
+            self._outputs.split_labels(batch.y),
+            self._outputs.split_predictions(predictions),
+            example_mask(batch),
+        )
+
+    def merge_metrics(self, a: dict, b: dict) -> dict:
+        """Merges two unfinalized states by summing (TFF's sum-then-finalize)."""
+        return self.metrics.merge(a, b)
+
+    def finalize_metrics(self, state: dict) -> dict:
+        """Final metric values from an unfinalized (possibly merged) state."""
+        return self.metrics.finalize(state)
+
+    # -------------------------------------------------------------- round trip
+    def to_keras(self, weights: ModelWeights, keras_model: keras.Model | None = None) -> keras.Model:
+        """Writes ``weights`` into a Keras model, matching variables by path.
+
+        Args:
+          weights: a `ModelWeights` (e.g. a trained server model).
+          keras_model: the Keras model to write into. By default a fresh clone of
+            the wrapped model (``keras.models.clone_model``, or rebuilt from its
+            config for subclassed models); the wrapped model is never changed.
+
+        Returns:
+          The Keras model holding ``weights``, ready to save, evaluate or serve.
+
+        Raises:
+          WeightsMismatchError: paths missing, unexpected or of the wrong shape.
+        """
+        target = keras_model if keras_model is not None else self._fresh_keras_copy()
+        if not target.built:
+            target(self._dummy_x, training=False)
+        layout = VariableLayout.of(target)
+        variables = dict(layout.trainable + layout.non_trainable)
+        given = {**weights.trainable, **weights.non_trainable}
+        missing = sorted(set(variables) - set(given))
+        unexpected = sorted(set(given) - set(variables))
+        wrong_shape = sorted(
+            f"{path}: weights {tuple(np.shape(given[path]))} vs model {tuple(variables[path].shape)}"
+            for path in set(variables) & set(given)
+            if tuple(np.shape(given[path])) != tuple(variables[path].shape)
+        )
+        if missing or unexpected or wrong_shape:
+            raise errors.WeightsMismatchError(
+                "The weights do not fit this Keras model: "
+                f"missing {missing!r}, unexpected {unexpected!r}, wrong shape {wrong_shape!r}. "
+                "Write them into a model of the same architecture (e.g. "
+                "keras.models.clone_model of the wrapped model)."
+            )
+        for path, variable in variables.items():
+            variable.assign(np.asarray(given[path]))
+        return target
+
+    def _fresh_keras_copy(self) -> keras.Model:
+        source = self._keras_model
+        try:
+            return keras.models.clone_model(source)
+        except Exception:  # noqa: BLE001 - subclassed models cannot always be cloned.
+            pass
+        try:
+            return type(source).from_config(source.get_config())
+        except Exception as e:  # noqa: BLE001
+            raise errors.WeightsMismatchError(
+                f"Could not make a fresh copy of {type(source).__name__} ({e}); pass "
+                "keras_model=<a new instance of the same architecture> to to_keras."
+            ) from e
+
+
+def _spec_to_zeros(spec) -> np.ndarray:
+    shape = tuple(1 if d is None else int(d) for d in spec.shape)
+    dtype = getattr(spec.dtype, "as_numpy_dtype", spec.dtype)
+    return np.zeros(shape, np.dtype(dtype))
+
+
+def _concrete_batch(dummy_batch, input_spec) -> Batch:
+    if (dummy_batch is None) == (input_spec is None):
+        raise errors.InvalidBatchError(
+            "Pass exactly one of dummy_batch (example arrays) and input_spec (shapes and "
+            f"dtypes); received {'both' if dummy_batch is not None else 'neither'}."
+        )
+    if input_spec is not None:
+        batch = as_batch(input_spec)
+        is_spec = lambda s: hasattr(s, "shape") and hasattr(s, "dtype")  # noqa: E731
+        try:
+            return Batch(*(
+                None if part is None else jax.tree.map(_spec_to_zeros, part, is_leaf=is_spec)
+                for part in batch
+            ))
+        except (TypeError, AttributeError) as e:
+            raise errors.InvalidBatchError(
+                f"input_spec leaves must have .shape and .dtype (jax.ShapeDtypeStruct, "
+                f"tf.TensorSpec); {e}"
+            ) from e
+    batch = as_batch(dummy_batch)
+
+    def to_array(leaf):
+        array = np.asarray(leaf)
+        if array.dtype == object:
+            raise errors.InvalidBatchError(
+                f"dummy_batch holds {type(leaf).__name__} values that are not a regular array "
+                "(ragged lists or Python objects); give numpy arrays of fixed shape."
+            )
+        return array
+
+    try:
+        return Batch(*(None if part is None else jax.tree.map(to_array, part) for part in batch))
+    except ValueError as e:
+        raise errors.InvalidBatchError(f"dummy_batch could not be converted to arrays: {e}") from e
+
+
+def from_keras_model(
+    keras_model: keras.Model,
+    dummy_batch=None,
+    loss=None,
+    loss_weights=None,
+    metrics=None,
+    optimizer=None,
+    *,
+    input_spec=None,
+) -> Model:
+    """Wraps an uncompiled Keras 3 model as a pure-JAX `Model`, like TFF's namesake.
+
+    Args:
+      keras_model: an uncompiled ``keras.Model`` (Sequential, functional or
+        subclassed; TFF cannot wrap the last kind).
+      dummy_batch: an example batch ``{'x': ..., 'y': ...}`` or ``(x, y)``;
+        only shapes and dtypes matter.
+      loss: a Keras loss (object, name, or function returning per-example
+        losses), or a list / dict with one per output.
+      loss_weights: optional list / dict of per-output weights.
+      metrics: Keras metrics, metric names, or zero-argument callables
+        returning metrics; a dict by output name for multi-output models.
+      optimizer: optional optax transform or Keras optimizer for `train_step`.
+      input_spec: shapes and dtypes of a batch (``jax.ShapeDtypeStruct`` or
+        ``tf.TensorSpec`` leaves), in place of ``dummy_batch``.
+
+    Returns:
+      A `Model`.
+
+    Raises:
+      NotAKerasModelError (TypeError): ``keras_model`` is not a ``keras.Model``.
+      CompiledModelError (ValueError): the model was compiled.
+      KerasBackendError: Keras does not run on JAX.
+      InvalidBatchError: the dummy batch does not fit the model.
+      LossKeysError (KeyError), LossSpecError: ``loss`` / ``loss_weights``
+        do not match the outputs.
+      MetricNotFunctionalError: a metric cannot be made functional.
+
+    Example:
+      >>> import keras, numpy as np, optax, fedjax_keras
+      >>> net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      >>> model = fedjax_keras.from_keras_model(
+      ...     net, {'x': np.zeros((2, 4), np.float32), 'y': np.zeros((2,), np.int32)},
+      ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      ...     metrics=[keras.metrics.SparseCategoricalAccuracy()],
+      ...     optimizer=optax.sgd(0.1))
+      >>> sorted(model.initial_weights.trainable)
+      ['dense/bias', 'dense/kernel']
+    """
+    _backend.check_jax_backend()
+    if not isinstance(keras_model, keras.Model):
+        raise errors.NotAKerasModelError(
+            f"keras_model must be a keras.Model (Keras 3); received {type(keras_model).__name__}. "
+            "Build it with keras.Sequential, the functional API or a keras.Model subclass."
+        )
+    if getattr(keras_model, "compiled", False):
+        raise errors.CompiledModelError(
+            f"The Keras model {keras_model.name!r} is compiled; from_keras_model needs an "
+            "uncompiled model (pass loss, metrics and optimizer here instead of to compile). "
+            "Use keras.models.clone_model(model) to get an uncompiled copy."
+        )
+    if loss is None:
+        raise errors.LossSpecError("from_keras_model needs a loss (e.g. 'sparse_categorical_crossentropy').")
+    batch = _concrete_batch(dummy_batch, input_spec)
+    if batch.y is None:
+        raise errors.InvalidBatchError("dummy_batch / input_spec needs labels 'y' as well as 'x'.")
+    try:
+        if not keras_model.built:
+            keras_model(batch.x, training=False)  # creates the variables of a lazy model
+        layout = VariableLayout.of(keras_model)
+        trainable = {p: jnp.asarray(np.array(v.value)) for p, v in layout.trainable}
+        non_trainable = {p: jnp.asarray(np.array(v.value)) for p, v in layout.non_trainable}
+    except Exception as e:
+        raise errors.InvalidBatchError(
+            f"dummy_batch['x'] does not fit the model's inputs: {type(e).__name__}: {e}"
+        ) from e
+
+    probe = Model(
+        initial_weights=ModelWeights(trainable, non_trainable),
+        output_names=(),
+        metrics=MetricSuite(()),
+        input_spec=None,
+        _keras_model=keras_model,
+        _layout=layout,
+        _outputs=OutputStructure(("output",), "single"),
+        _losses=(),
+        _optimizer=None,
+        _dummy_x=batch.x,
+    )
+    weights = probe.initial_weights
+    try:
+        outputs_spec = jax.eval_shape(lambda w, x: probe.apply(w, x), weights, batch.x)
+    except Exception as e:
+        raise errors.InvalidBatchError(
+            f"dummy_batch['x'] does not fit the model's inputs: {type(e).__name__}: {e}"
+        ) from e
+    outputs = OutputStructure.of(outputs_spec, getattr(keras_model, "output_names", None))
+    labels = outputs.split_labels(batch.y)
+    predictions = [
+        np.zeros(s.shape, s.dtype) for s in outputs.split_predictions(outputs_spec)
+    ]
+    output_losses = build_output_losses(loss, loss_weights, outputs)
+    suite = build_metric_suite(metrics, outputs.names, labels, predictions)
+    model = dataclasses.replace(
+        probe,
+        output_names=outputs.names,
+        metrics=suite,
+        input_spec=jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+            {"x": batch.x, "y": batch.y},
+        ),
+        _outputs=outputs,
+        _losses=output_losses,
+        _optimizer=None if optimizer is None else as_optimizer(optimizer, trainable),
+    )
+    try:
+        jax.eval_shape(
+            lambda w: model.loss(w, {"x": batch.x, "y": batch.y}, training=False), weights
+        )
+    except errors.LossSpecError:
+        raise
+    except Exception as e:
+        raise errors.InvalidBatchError(
+            f"The loss cannot be computed on dummy_batch (labels vs predictions "
+            f"{[tuple(p.shape) for p in predictions]}): {type(e).__name__}: {e}"
+        ) from e
+    return model

@@ -1,0 +1,90 @@
+"""One functional optimizer interface for optax transforms and Keras optimizers.
+
+The engine only sees `Optimizer(init, update)`: pure functions over parameter
+pytrees, so optimizer state can be vmapped over clients and skipped on padded
+steps with `jnp.where`.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import optax
+
+Params = Any
+OptState = Any
+
+
+class Optimizer(NamedTuple):
+    """A pure optimizer.
+
+    Attributes:
+      init: ``(params) -> state``.
+      update: ``(grads, state, params) -> (new_params, new_state)``.
+    """
+
+    init: Callable[[Params], OptState]
+    update: Callable[[Params, OptState, Params], tuple[Params, OptState]]
+
+
+def from_optax(transform: optax.GradientTransformation) -> Optimizer:
+    """Wraps an optax gradient transformation (e.g. ``optax.sgd(0.1)``)."""
+
+    def update(grads, state, params):
+        updates, new_state = transform.update(grads, state, params)
+        return optax.apply_updates(params, updates), new_state
+
+    return Optimizer(transform.init, update)
+
+
+def _is_keras_optimizer(obj: Any) -> bool:
+    return hasattr(obj, "stateless_apply") and hasattr(obj, "get_config")
+
+
+def as_optimizer(obj: Any, params_template: Params, *, argument: str = "optimizer") -> Optimizer:
+    """Normalises what users pass as an optimizer into an `Optimizer`.
+
+    Args:
+      obj: an `Optimizer`, an optax ``GradientTransformation``, a Keras 3
+        optimizer, or a zero-argument callable returning one of these (TFF's
+        ``client_optimizer_fn`` style).
+      params_template: a pytree shaped like the parameters to optimize (a Keras
+        optimizer needs it to build its slots).
+      argument: the argument's name, for error messages.
+
+    Raises:
+      TypeError: for anything else.
+    """
+    if isinstance(obj, Optimizer):
+        return obj
+    if isinstance(obj, optax.GradientTransformation) or (
+        hasattr(obj, "init") and hasattr(obj, "update") and not _is_keras_optimizer(obj)
+    ):
+        return from_optax(obj)
+    if _is_keras_optimizer(obj):
+        from fedjax_keras.models._keras_optimizer import from_keras_optimizer
+
+        return from_keras_optimizer(obj, params_template)
+    if callable(obj):
+        try:
+            made = obj()
+        except TypeError as e:
+            raise TypeError(
+                f"`{argument}` is a callable but could not be called with no arguments ({e}); "
+                "pass an optax transform, a Keras optimizer, or a zero-argument function "
+                "returning one."
+            ) from e
+        if callable(made) and not (
+            _is_keras_optimizer(made) or isinstance(made, optax.GradientTransformation)
+        ):
+            raise TypeError(f"`{argument}`() returned {made!r}, not an optimizer.")
+        return as_optimizer(made, params_template, argument=argument)
+    raise TypeError(
+        f"`{argument}` must be an optax GradientTransformation (e.g. optax.sgd(0.1)), a Keras 3 "
+        f"optimizer (e.g. keras.optimizers.SGD(0.1)), or a zero-argument callable returning "
+        f"one; received {obj!r}."
+    )
+
+
+def tree_where(condition, new, old):
+    """``jnp.where(condition, new, old)`` leaf by leaf, for skipping padded steps."""
+    return jax.tree.map(lambda a, b: jax.numpy.where(condition, a, b), new, old)
