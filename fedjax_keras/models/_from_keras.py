@@ -167,6 +167,14 @@ class Model:
         num_examples = jnp.sum(mask).astype(jnp.int32)
         return loss, BatchOutput(loss, outputs, num_examples, new_non_trainable)
 
+    @property
+    def has_convolutions(self) -> bool:
+        """Whether any layer is a convolution (the engine runs those per client on a CPU)."""
+        return any(
+            "Conv" in type(layer).__name__
+            for layer in self._keras_model._flatten_layers(include_self=False)
+        )
+
     # ----------------------------------------------------------------- training
     @property
     def optimizer(self) -> Optimizer:
