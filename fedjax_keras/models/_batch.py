@@ -85,3 +85,25 @@ def example_mask(batch: Batch) -> jax.Array:
     if batch.mask is not None:
         return batch.mask
     return jnp.ones((batch_size_of(batch),), jnp.float32)
+
+
+def zero_padded_examples(batch: Batch) -> Batch:
+    """Replaces the inputs and labels of padded examples (mask 0) with zeros.
+
+    Masking the loss is not enough: a padded row holding NaN (or an out-of-range
+    token id) gives NaN predictions, and the backward pass multiplies the loss's
+    zero cotangent by them (``0 * NaN = NaN``), poisoning every gradient.
+    Zeroing the rows first keeps padding invisible whatever it contains.
+    """
+    if batch.mask is None:
+        return batch
+    keep = batch.mask > 0
+
+    def clean(leaf):
+        leaf = jnp.asarray(leaf)
+        if leaf.ndim == 0:
+            return leaf
+        row_keep = keep.reshape(keep.shape + (1,) * (leaf.ndim - 1))
+        return jnp.where(row_keep, leaf, jnp.zeros((), leaf.dtype))
+
+    return batch._replace(x=jax.tree.map(clean, batch.x), y=jax.tree.map(clean, batch.y))

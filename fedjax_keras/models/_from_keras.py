@@ -17,7 +17,7 @@ import numpy as np
 from fedjax_keras import errors
 from fedjax_keras.metrics import MetricSuite
 from fedjax_keras.models import _backend
-from fedjax_keras.models._batch import Batch, as_batch, example_mask
+from fedjax_keras.models._batch import Batch, as_batch, example_mask, zero_padded_examples
 from fedjax_keras.models._keras_metrics import build_metric_suite
 from fedjax_keras.models._losses import OutputLoss, build_output_losses, total_loss
 from fedjax_keras.models._outputs import OutputStructure
@@ -49,21 +49,24 @@ class Model:
     _losses: tuple[OutputLoss, ...] = dataclasses.field(repr=False)
     _optimizer: Optimizer | None = dataclasses.field(repr=False)
     _dummy_x: Any = dataclasses.field(repr=False)
+    # Paths of the seed states a training-mode call actually draws from. An LSTM
+    # or a Dropout(0.0) owns a seed generator but never draws, and needs no rng.
+    _random_paths: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     # ----------------------------------------------------------------- calling
     @property
     def has_randomness(self) -> bool:
-        """Whether the model has random layers (Dropout, noise), which need ``rng``."""
-        return bool(self._layout.seed_states)
+        """Whether training-mode calls draw random numbers (Dropout, noise), so need ``rng``."""
+        return bool(self._random_paths)
 
     def _seed_values(self, rng, training: bool) -> list:
         if not self._layout.seed_states:
             return []
         if rng is None:
-            if training:
+            if training and self._random_paths:
                 raise ValueError(
                     "This model has random layers ("
-                    + ", ".join(path for path, _ in self._layout.seed_states)
+                    + ", ".join(self._random_paths)
                     + ") and runs in training mode, so it needs a key: pass "
                     "rng=jax.random.key(seed)."
                 )
@@ -96,6 +99,29 @@ class Model:
             path: scope.get_current_value(v) for path, v in layout.non_trainable
         }
         return outputs, new_non_trainable, extra_losses
+
+    def _find_random_paths(self, x) -> tuple[str, ...]:
+        """Paths of the seed states that a training-mode call on ``x`` advances."""
+        seeds = self._layout.seed_states
+        if not seeds:
+            return ()
+        advanced: list[str] = []
+
+        def run(weights):
+            mapping = [(v, weights.trainable[p]) for p, v in self._layout.trainable]
+            mapping += [(v, weights.non_trainable[p]) for p, v in self._layout.non_trainable]
+            mapping += [(v, jnp.zeros((2,), jnp.uint32)) for _, v in seeds]
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                before = [scope.get_current_value(v) for _, v in seeds]
+                self._keras_model(x, training=True)
+                advanced.extend(
+                    path for (path, v), old in zip(seeds, before)
+                    if scope.get_current_value(v) is not old
+                )
+            return 0
+
+        jax.eval_shape(run, self.initial_weights)
+        return tuple(advanced)
 
     def apply(self, weights: ModelWeights, x, *, training: bool = False, rng=None):
         """The model's predictions for inputs ``x``.
@@ -156,7 +182,7 @@ class Model:
           non_trainable: dict of non-trainable weights.
           batch: as in `forward_pass`.
         """
-        batch = as_batch(batch)
+        batch = zero_padded_examples(as_batch(batch))
         mask = example_mask(batch)
         outputs, new_non_trainable, extra = self._call(
             trainable, non_trainable, batch.x, training=training, rng=rng
@@ -232,11 +258,13 @@ class Model:
 
     def update_metrics(self, state: dict, batch, predictions) -> dict:
         """Adds one batch's (masked) examples to the unfinalized metric state."""
-        batch = as_batch(batch)
+        # Padded rows may hold anything (NaN included): zero them, since Keras
+        # metrics weight values by the mask and 0 * NaN is NaN.
+        batch = zero_padded_examples(as_batch(batch)._replace(x=predictions))
         return self.metrics.update(
             state,
             self._outputs.split_labels(batch.y),
-            self._outputs.split_predictions(predictions),
+            self._outputs.split_predictions(batch.x),
             example_mask(batch),
         )
 
@@ -265,7 +293,7 @@ class Model:
           WeightsMismatchError: paths missing, unexpected or of the wrong shape.
         """
         target = keras_model if keras_model is not None else self._fresh_keras_copy()
-        if not target.built:
+        if not all(layer.built for layer in target._flatten_layers()):
             target(self._dummy_x, training=False)
         layout = VariableLayout.of(target)
         variables = dict(layout.trainable + layout.non_trainable)
@@ -330,19 +358,36 @@ def _concrete_batch(dummy_batch, input_spec) -> Batch:
             ) from e
     batch = as_batch(dummy_batch)
 
-    def to_array(leaf):
-        array = np.asarray(leaf)
-        if array.dtype == object:
+    def to_array(where, leaf):
+        try:
+            array = np.asarray(leaf)
+        except ValueError as e:  # numpy >= 1.24 refuses ragged nested lists
+            array, cause = None, e
+        if array is None or array.dtype.kind not in "biuf":
+            what = f"dtype {array.dtype}" if array is not None else f"({cause})"
             raise errors.InvalidBatchError(
-                f"dummy_batch holds {type(leaf).__name__} values that are not a regular array "
-                "(ragged lists or Python objects); give numpy arrays of fixed shape."
+                f"dummy_batch{where} is a {type(leaf).__name__} that does not convert to a "
+                f"numeric array {what}; give numpy arrays of fixed shape and numeric dtype."
             )
         return array
 
-    try:
-        return Batch(*(None if part is None else jax.tree.map(to_array, part) for part in batch))
-    except ValueError as e:
-        raise errors.InvalidBatchError(f"dummy_batch could not be converted to arrays: {e}") from e
+    def convert(name, part):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, leaf: to_array(f"[{name!r}]{jax.tree_util.keystr(path)}", leaf),
+            part,
+            is_leaf=_is_nested_number_list,
+        )
+
+    return Batch(*(
+        None if part is None else convert(name, part) for name, part in zip(("x", "y", "mask"), batch)
+    ))
+
+
+def _is_nested_number_list(value) -> bool:
+    """A list of numbers (or of such lists) is one array, not several model inputs."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(e, (bool, int, float)) or _is_nested_number_list(e) for e in value
+    )
 
 
 def from_keras_model(
@@ -412,8 +457,11 @@ def from_keras_model(
     if batch.y is None:
         raise errors.InvalidBatchError("dummy_batch / input_spec needs labels 'y' as well as 'x'.")
     try:
-        if not keras_model.built:
-            keras_model(batch.x, training=False)  # creates the variables of a lazy model
+        if not all(layer.built for layer in keras_model._flatten_layers()):
+            # Creates the variables of a lazy model. `model.build(shape)` on a
+            # subclassed model marks it built without building its sub-layers,
+            # which would then create variables inside our traced calls.
+            keras_model(batch.x, training=False)
         layout = VariableLayout.of(keras_model)
         trainable = {p: jnp.asarray(np.array(v.value)) for p, v in layout.trainable}
         non_trainable = {p: jnp.asarray(np.array(v.value)) for p, v in layout.non_trainable}
@@ -453,12 +501,15 @@ def from_keras_model(
         output_names=outputs.names,
         metrics=suite,
         input_spec=jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+            lambda a: jax.ShapeDtypeStruct(
+                np.shape(a), jax.dtypes.canonicalize_dtype(np.asarray(a).dtype)
+            ),
             {"x": batch.x, "y": batch.y},
         ),
         _outputs=outputs,
         _losses=output_losses,
         _optimizer=None if optimizer is None else as_optimizer(optimizer, trainable),
+        _random_paths=probe._find_random_paths(batch.x),
     )
     try:
         jax.eval_shape(

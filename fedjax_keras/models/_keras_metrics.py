@@ -18,9 +18,23 @@ from fedjax_keras import errors
 from fedjax_keras.metrics import FunctionalMetric, MetricSuite, merge_by_sum
 
 
-def _as_keras_metric(metric: Any) -> keras.metrics.Metric:
+def _accuracy_for(name: str, y_true_example, y_pred_example) -> keras.metrics.Metric:
+    """Keras ``compile``'s reading of ``'accuracy'``: binary, sparse or categorical by shapes."""
+    true_shape, pred_shape = np.shape(y_true_example), np.shape(y_pred_example)
+    if pred_shape[-1:] == (1,):
+        return keras.metrics.BinaryAccuracy(name=name)
+    if len(true_shape) < len(pred_shape) or (true_shape[-1:] == (1,) and pred_shape[-1:] != (1,)):
+        return keras.metrics.SparseCategoricalAccuracy(name=name)
+    return keras.metrics.CategoricalAccuracy(name=name)
+
+
+def _as_keras_metric(metric: Any, y_true_example, y_pred_example) -> keras.metrics.Metric:
     if isinstance(metric, keras.metrics.Metric):
         return metric
+    if isinstance(metric, str) and metric.lower() in ("accuracy", "acc"):
+        # keras.metrics.get('accuracy') is exact equality of labels and
+        # predictions, which fails on logits; compile() picks by shapes instead.
+        return _accuracy_for(metric, y_true_example, y_pred_example)
     if isinstance(metric, str):
         try:
             resolved = keras.metrics.get(metric)
@@ -64,7 +78,7 @@ def functional_metric(metric: Any, y_true_example, y_pred_example) -> Functional
     Raises:
       MetricNotFunctionalError: the metric cannot run as pure functions under JAX.
     """
-    original = _as_keras_metric(metric)
+    original = _as_keras_metric(metric, y_true_example, y_pred_example)
     try:
         private = copy.deepcopy(original)
     except Exception:  # noqa: BLE001 - some custom metrics do not deep-copy; rebuild them.

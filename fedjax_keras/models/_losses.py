@@ -13,6 +13,10 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import keras
 
+# Not exported by keras 3 (`keras.losses.LossFunctionWrapper` does not exist);
+# it is what `compile(loss='mse')` wraps loss functions in, rank fixes included.
+from keras.src.losses.losses import LossFunctionWrapper
+
 from fedjax_keras import errors
 from fedjax_keras.models._outputs import OutputStructure
 
@@ -31,7 +35,7 @@ def _as_keras_loss(loss: Any, where: str) -> keras.losses.Loss:
     if isinstance(loss, type) and issubclass(loss, keras.losses.Loss):
         return loss()
     if callable(loss):
-        return keras.losses.LossFunctionWrapper(loss, name=getattr(loss, "__name__", "loss"))
+        return LossFunctionWrapper(loss, name=getattr(loss, "__name__", "loss"))
     raise errors.LossSpecError(
         f"{where} must be a keras.losses.Loss, a loss name or a function (y_true, y_pred) "
         f"-> per-example losses; received {loss!r}."
