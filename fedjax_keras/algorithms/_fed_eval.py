@@ -1,0 +1,70 @@
+"""Federated evaluation: the server model's loss and metrics over a cohort.
+
+As TFF's ``build_fed_eval``: every client evaluates the broadcast model on its
+data (inference mode, no update), unfinalized metric states are summed over
+clients, and the sum is finalized once.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_keras.aggregation import ClientOutput
+from fedjax_keras.algorithms._fed_prox import _with_defaults
+from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
+from fedjax_keras.client import ClientProgram
+from fedjax_keras.models import Model
+
+
+def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
+    """A process whose ``next(state, cohort)`` evaluates the state's model on the cohort.
+
+    Use ``process.set_model_weights(process.initialize(), weights)`` to evaluate
+    trained weights. The state is never changed except for its round counter.
+
+    Args:
+      model: from `from_keras_model`.
+      **engine_options: batch_size, chunk_size, step_buckets, runner (see
+        `build_weighted_fed_avg`); data is not shuffled.
+
+    Returns:
+      A `FederatedProcess`; its round metrics are ``loss``, the model's metrics,
+      ``num_examples`` and ``num_clients``.
+    """
+    options = _with_defaults({"shuffle": False, **engine_options})
+    if options["epochs"] != 1:
+        raise ValueError(f"Evaluation reads each example once; epochs must be 1, not {options['epochs']}.")
+
+    def start(broadcast, client_state):
+        return (model.init_metrics(), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+
+    def step(carry, batch, key, broadcast, client_state):
+        metrics, loss_sum, num_examples = carry
+        batch = {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
+        output = model.forward_pass(broadcast.model, batch, training=False)
+        count = output.num_examples.astype(jnp.float32)
+        return (
+            model.update_metrics(metrics, batch, output.predictions),
+            loss_sum + jnp.where(count > 0, output.loss * count, 0.0),
+            num_examples + output.num_examples,
+        )
+
+    def finish(carry, broadcast, client_state) -> ClientOutput:
+        metrics, loss_sum, num_examples = carry
+        return ClientOutput(
+            update=(),
+            weight=num_examples.astype(jnp.float32),
+            weighted_extras=(),
+            summed_extras=(),
+            metrics=metrics,
+            loss_sum=loss_sum,
+            num_examples=num_examples,
+            client_state=(),
+        )
+
+    def server_fn(model_weights, optimizer_state, extra, acc, population):
+        return model_weights, optimizer_state, extra
+
+    spec = AlgorithmSpec(
+        "fed_eval", ClientProgram(start, step, finish), server_fn, lambda trainable: ()
+    )
+    return FederatedProcess(model, spec, **options)

@@ -1,0 +1,62 @@
+"""FedProx: FedAvg with a proximal term keeping clients near the server model.
+
+Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020,
+arXiv:1812.06127. Each client minimises ``loss(w) + mu / 2 * ||w - w_server||^2``;
+with ``mu = 0`` it is exactly FedAvg.
+"""
+
+import jax
+
+from fedjax_keras.algorithms._fed_avg import _default_server, fed_avg_spec
+from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.models import Model
+
+
+def build_fed_prox(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    mu: float,
+    weighting: str = "num_examples",
+    non_trainable: str = "broadcast",
+    **engine_options,
+) -> FederatedProcess:
+    """FedProx with proximal strength ``mu`` (TFF: ``build_weighted_fed_prox``).
+
+    Args:
+      model, client_optimizer, server_optimizer: as in `build_weighted_fed_avg`.
+      mu: proximal strength, >= 0.
+      weighting: 'num_examples' or 'uniform'.
+      non_trainable: 'broadcast', 'average' or 'per_client'.
+      **engine_options: batch_size, epochs, shuffle, chunk_size, step_buckets,
+        runner, client_state_placement (see `build_weighted_fed_avg`).
+    """
+    if not mu >= 0:
+        raise ValueError(f"mu must be a number >= 0; received {mu!r}.")
+    mu = float(mu)
+
+    def proximal(grads, trainable, context):
+        broadcast, _ = context
+        return jax.tree.map(
+            lambda g, w, w0: g + mu * (w - w0), grads, trainable, broadcast.model.trainable
+        )
+
+    spec = fed_avg_spec(
+        model, client_optimizer, _default_server(server_optimizer), weighting=weighting,
+        non_trainable=non_trainable, grad_correction=proximal, name="fed_prox",
+    )
+    return FederatedProcess(model, spec, **_with_defaults(engine_options))
+
+
+def _with_defaults(options: dict) -> dict:
+    defaults = dict(
+        batch_size=20, epochs=1, shuffle=True, chunk_size=None, step_buckets="pow2",
+        runner="auto", client_state_placement="device", population_size=None,
+    )
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(
+            f"Unknown engine options {sorted(unknown)!r}; expected some of {sorted(defaults)!r}."
+        )
+    return {**defaults, **options}

@@ -1,0 +1,343 @@
+"""The round loop shared by the FedAvg family: batch, run chunks, aggregate, update.
+
+One round of a `FederatedProcess`:
+
+1. the cohort is batched on the host into static-shape chunks
+   ``[clients, steps, batch, ...]`` (clients sorted by step count, steps
+   rounded up to a few buckets, the partial last batch masked);
+2. each chunk is put on the device at once and run by a `ChunkRunner`
+   (vmapped, unrolled, or one client per call), its outputs added to running
+   sums on the device;
+3. one compiled server step turns the sums into the new server state and the
+   round's metrics.
+
+Everything compiled is cached per chunk shape, so a run compiles a handful of
+programs in its first rounds and none after.
+"""
+
+import dataclasses
+import zlib
+from typing import Any, Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_keras.aggregation import Accumulator, ClientOutput, init_accumulator
+from fedjax_keras.client import Chunk, ChunkRunner, ClientBatchArrays, ClientProgram, ClientStateStore
+from fedjax_keras.client._runners import choose_mode, default_mode
+from fedjax_keras.data import FederatedData, plan_cohort
+from fedjax_keras.models import Model, ModelWeights
+
+RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
+
+
+@flax.struct.dataclass
+class ServerState:
+    """The state of a federated process between rounds (a pytree).
+
+    Attributes:
+      model: the server's `ModelWeights`.
+      optimizer_state: the server optimizer's state.
+      round_num: int64 scalar, rounds completed.
+      seed: int64 scalar, the seed given to ``initialize``; with ``round_num``
+        it determines every random choice of the next round.
+      extra: the algorithm's own server state (SCAFFOLD's control variate), or ``()``.
+      client_states: the `ClientStateStore` of per-client state, or None.
+    """
+
+    model: ModelWeights
+    optimizer_state: Any
+    round_num: Any
+    seed: Any
+    extra: Any = ()
+    client_states: Any = flax.struct.field(pytree_node=False, default=None)
+
+
+class RoundOutput(NamedTuple):
+    """What ``process.next`` returns (TFF's ``LearningProcessOutput``).
+
+    Attributes:
+      state: the new `ServerState`.
+      metrics: dict of Python floats / ints (NumPy arrays for vector metrics).
+    """
+
+    state: ServerState
+    metrics: dict
+
+
+class Broadcast(NamedTuple):
+    """What the server sends every client of a round."""
+
+    model: ModelWeights
+    extra: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+    """The parts in which the algorithms of the family differ.
+
+    Attributes:
+      name: for messages.
+      program: the clients' `ClientProgram` (start / step / finish).
+      server_fn: ``(state, acc, population) -> (model, optimizer_state, extra)``, pure.
+      init_optimizer_state: ``(trainable) -> server optimizer state``.
+      init_extra: ``(weights) -> extra server state``.
+      client_state_default: ``(weights) -> one client's default persistent
+        state``, or None when the algorithm keeps none.
+    """
+
+    name: str
+    program: ClientProgram
+    server_fn: Callable[..., tuple]
+    init_optimizer_state: Callable[[Any], Any]
+    init_extra: Callable[[ModelWeights], Any] = lambda weights: ()
+    client_state_default: Callable[[ModelWeights], Any] | None = None
+
+
+def as_cohort(cohort) -> FederatedData:
+    """Accepts a `FederatedData` or a list of per-client dicts / (x, y) tuples."""
+    if isinstance(cohort, FederatedData):
+        return cohort
+    if isinstance(cohort, (list, tuple)):
+        return FederatedData.from_client_list(list(cohort))
+    raise TypeError(
+        "A cohort must be a FederatedData (e.g. data.sample_clients(...)) or a list of "
+        f"per-client {{'x': ..., 'y': ...}} dicts or (x, y) tuples; received "
+        f"{type(cohort).__name__}."
+    )
+
+
+def client_key_ids(client_ids) -> np.ndarray:
+    """int32 [clients]: integer ids (crc32 of ``str(id)`` for non-integers) for key folding."""
+    try:
+        ids = np.asarray(client_ids)
+        if ids.dtype.kind in "iu":
+            return (ids.astype(np.int64) % (2**31 - 1)).astype(np.int32)
+    except (TypeError, ValueError):
+        pass
+    return np.array(
+        [zlib.crc32(str(cid).encode()) % (2**31 - 1) for cid in client_ids], np.int32
+    )
+
+
+def _to_host_metrics(metrics: dict) -> dict:
+    result = {}
+    for name, value in jax.device_get(metrics).items():
+        array = np.asarray(value)
+        if array.ndim == 0:
+            result[name] = int(array) if array.dtype.kind in "iub" else float(array)
+        else:
+            result[name] = array
+    return result
+
+
+class FederatedProcess:
+    """A federated training process: ``initialize(seed)`` and ``next(state, cohort)``.
+
+    Built by the `build_*` functions of `fedjax_keras.algorithms`; not meant to
+    be constructed directly.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        spec: AlgorithmSpec,
+        *,
+        batch_size: int,
+        epochs: int,
+        shuffle: bool,
+        chunk_size: int | None,
+        step_buckets,
+        runner: str,
+        client_state_placement: str,
+        population_size: int | None,
+        group_size: int = 2,
+    ):
+        if runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {RUNNERS}; received {runner!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive int; received {epochs!r}.")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None; received {chunk_size!r}.")
+        self.model = model
+        self.spec = spec
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.shuffle = shuffle
+        self.chunk_size = chunk_size
+        self.step_buckets = step_buckets
+        self.runner = runner
+        self.client_state_placement = client_state_placement
+        self.population_size = population_size
+        if not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size must be a positive int; received {group_size!r}.")
+        self.group_size = group_size
+        self._runners: dict[str, ChunkRunner] = {}
+        self.runner_timings: dict[str, float] = {}
+        self.mode: str | None = None if runner in ("auto", "timed") else runner
+        self._server_step = jax.jit(self._server_step_impl)
+        self._zero_acc = None
+
+    # ------------------------------------------------------------------ state
+    def initialize(self, seed: int = 0) -> ServerState:
+        """The initial server state: the model's initial weights, fresh optimizer state.
+
+        Args:
+          seed: determines every random choice of the run (shuffling, Dropout).
+        """
+        weights = self.model.initial_weights
+        default = self.spec.client_state_default
+        store = None
+        if default is not None:
+            store = ClientStateStore(default(weights), self.client_state_placement)
+        return ServerState(
+            model=weights,
+            optimizer_state=self.spec.init_optimizer_state(weights.trainable),
+            round_num=np.int64(0),
+            seed=np.int64(seed),
+            extra=self.spec.init_extra(weights),
+            client_states=store,
+        )
+
+    def get_model_weights(self, state: ServerState) -> ModelWeights:
+        """The server model's weights."""
+        return state.model
+
+    def set_model_weights(self, state: ServerState, weights: ModelWeights) -> ServerState:
+        """A state whose server model holds ``weights`` (e.g. pre-trained ones).
+
+        Raises:
+          ValueError: when the weights' structure or shapes differ from the model's.
+        """
+        expected = jax.tree.map(np.shape, state.model)
+        received = jax.tree.map(np.shape, weights)
+        if jax.tree.structure(expected) != jax.tree.structure(received) or expected != received:
+            raise ValueError(
+                "set_model_weights: the weights do not match the model; expected paths and "
+                f"shapes {expected}, received {received}."
+            )
+        return state.replace(model=jax.tree.map(jnp.asarray, weights))
+
+    # ------------------------------------------------------------------ round
+    def _runner_for(self, mode: str) -> ChunkRunner:
+        if mode not in self._runners:
+            self._runners[mode] = ChunkRunner(
+                self.spec.program, self.model.merge_metrics, mode, self.group_size
+            )
+        return self._runners[mode]
+
+    def _accumulator(self, broadcast, chunk: Chunk) -> Accumulator:
+        if self._zero_acc is None:
+            one = jax.tree.map(lambda a: a[0], chunk)
+            example = jax.eval_shape(
+                self.spec.program.run, broadcast, one.data, jax.random.PRNGKey(0), one.client_state
+            )
+            self._zero_acc = init_accumulator(
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
+            )
+        return self._zero_acc
+
+    def next(self, state: ServerState, cohort) -> RoundOutput:
+        """Runs one round on ``cohort`` and returns the new state and the round's metrics.
+
+        Args:
+          state: from `initialize` or a previous `next`.
+          cohort: the round's clients: a `FederatedData` (e.g.
+            ``data.sample_clients(20, seed=r)``) or a list of per-client
+            ``{'x': ..., 'y': ...}`` dicts or ``(x, y)`` tuples.
+
+        Returns:
+          `RoundOutput` with metrics ``loss`` (example-weighted mean training
+          loss), the model's metrics, ``num_examples``, ``num_clients`` (clients
+          aggregated), ``num_dropped_clients`` (non-finite updates, left out),
+          ``padding_fraction`` and ``runner``.
+        """
+        cohort = as_cohort(cohort)
+        round_num = int(state.round_num)
+        seed = int(state.seed)
+        plan = plan_cohort(
+            cohort,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            shuffle=self.shuffle,
+            seed=seed * 2**32 + round_num,
+            chunk_size=self.chunk_size,
+            step_buckets=self.step_buckets,
+        )
+        round_key = jax.random.fold_in(jax.random.PRNGKey(seed), round_num)
+        broadcast = Broadcast(state.model, state.extra)
+        key_ids = client_key_ids(cohort.client_ids)
+        ids = cohort.client_ids
+        store = state.client_states
+        acc = None
+        for batches in plan.chunks():
+            positions = np.asarray(batches.client_positions)
+            valid = positions >= 0
+            chunk_ids = [ids[p] for p in positions[valid]]
+            client_state = ()
+            if store is not None:
+                rows = store.gather(chunk_ids)
+                client_state = _pad_rows(rows, valid)
+            chunk = jax.device_put(
+                Chunk(
+                    ClientBatchArrays(batches.x, batches.y, batches.mask),
+                    positions.astype(np.int32),
+                    np.where(valid, key_ids[np.maximum(positions, 0)], 0).astype(np.int32),
+                    valid,
+                    client_state,
+                )
+            )
+            if acc is None:
+                acc = self._accumulator(broadcast, chunk)
+            args = (acc, broadcast, chunk, round_key, valid, np.asarray(batches.num_steps))
+            if self.mode is None:
+                self.mode, self.runner_timings = self._choose_mode(args)
+            acc, new_states = self._runner_for(self.mode)(*args)
+            if store is not None:
+                store = store.scatter(chunk_ids, jax.tree.map(lambda a: a[valid], new_states))
+        if acc is None:
+            raise ValueError("The cohort has no clients; sample at least one client per round.")
+        population = self.population_size or (len(store) if store is not None else 0)
+        model, opt_state, extra, metrics = self._server_step(
+            state.model, state.optimizer_state, state.extra, acc, jnp.float32(max(population, 1))
+        )
+        new_state = ServerState(
+            model=model,
+            optimizer_state=opt_state,
+            round_num=np.int64(round_num + 1),
+            seed=state.seed,
+            extra=extra,
+            client_states=store,
+        )
+        host_metrics = _to_host_metrics(metrics)
+        host_metrics["padding_fraction"] = float(plan.padding_fraction)
+        host_metrics["runner"] = self.mode
+        return RoundOutput(new_state, host_metrics)
+
+    def _choose_mode(self, args) -> tuple[str, dict]:
+        if self.runner == "auto":
+            return default_mode(self.model.has_convolutions), {}
+        candidates = {mode: self._runner_for(mode) for mode in ("vmap", "unroll", "sequential")}
+        return choose_mode(candidates, args)
+
+    def _server_step_impl(self, model, optimizer_state, extra, acc: Accumulator, population):
+        new_model, new_opt_state, new_extra = self.spec.server_fn(
+            model, optimizer_state, extra, acc, population
+        )
+        metrics = dict(self.model.finalize_metrics(acc.metrics))
+        metrics["loss"] = acc.loss_sum / jnp.maximum(acc.num_examples, 1).astype(jnp.float32)
+        metrics["num_examples"] = acc.num_examples
+        metrics["num_clients"] = acc.num_clients
+        metrics["num_dropped_clients"] = acc.num_dropped
+        return new_model, new_opt_state, new_extra, metrics
+
+
+def _pad_rows(rows, valid: np.ndarray):
+    """Spreads rows [kept, ...] to [clients, ...], repeating row 0 for padding clients."""
+    index = np.cumsum(valid) - 1
+    index = np.where(valid, index, 0)
+    return jax.tree.map(lambda a: a[index] if len(a) else a, rows)

@@ -1,0 +1,151 @@
+"""One client's local computation, as start / step / finish pieces.
+
+A client's work in a round is ``finish(step(...step(start())...))`` over its
+batches. Keeping the pieces separate lets the engine run the steps either
+inside one compiled program (``lax.scan``, vmapped over clients) or one
+compiled call per step from the host: on XLA:CPU a convolution inside a
+``while`` loop (which ``lax.scan`` lowers to) runs tens of times slower than
+the same convolution outside one (measured with jax 0.10: 2.8 s against
+0.065 s for four gradient steps of a 3x3 convolution), so convolutional models
+on a CPU must not put their steps in a scan.
+
+Padded steps (every example masked) are no-ops for the weights, the
+non-trainable state and the optimizer state, so clients with fewer batches than
+their chunk's step count end exactly where unpadded training would.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_keras.aggregation import ClientOutput
+from fedjax_keras.models import Model, ModelWeights
+from fedjax_keras.optimizers import Optimizer
+from fedjax_keras.optimizers._functional import tree_where
+
+# grad_correction(grads, trainable, (broadcast, client_state)) -> grads: how
+# FedProx and SCAFFOLD change the plain gradient.
+GradCorrection = Callable[[Any, Any, Any], Any]
+
+
+class ClientBatchArrays(NamedTuple):
+    """One client's (or, with a leading axis, a chunk's) batches.
+
+    Attributes:
+      x: pytree, leaves [steps, batch, ...].
+      y: pytree, leaves [steps, batch, ...].
+      mask: bool [steps, batch].
+    """
+
+    x: Any
+    y: Any
+    mask: jax.Array
+
+
+class ClientProgram(NamedTuple):
+    """A client's work as three pure functions.
+
+    Attributes:
+      start: ``(broadcast, client_state) -> carry``.
+      step: ``(carry, batch, key, broadcast, client_state) -> carry`` where
+        ``batch`` is ``{'x', 'y', 'mask'}`` with leaves [batch, ...] and ``key``
+        is this step's key.
+      finish: ``(carry, broadcast, client_state) -> ClientOutput``.
+    """
+
+    start: Callable[..., Any]
+    step: Callable[..., Any]
+    finish: Callable[..., ClientOutput]
+
+    def run(self, broadcast, data: ClientBatchArrays, key, client_state) -> ClientOutput:
+        """All of one client's steps in one ``lax.scan``; leaves of ``data`` [steps, batch, ...]."""
+
+        def body(carry, inputs):
+            x, y, mask, index = inputs
+            batch = {"x": x, "y": y, "mask": mask}
+            return self.step(carry, batch, step_key(key, index), broadcast, client_state), None
+
+        num_steps = data.mask.shape[0]
+        carry, _ = jax.lax.scan(
+            body,
+            self.start(broadcast, client_state),
+            (data.x, data.y, data.mask, jnp.arange(num_steps)),
+        )
+        return self.finish(carry, broadcast, client_state)
+
+
+class TrainCarry(NamedTuple):
+    """The state of local training between steps."""
+
+    weights: ModelWeights
+    optimizer_state: Any
+    metrics: Any
+    loss_sum: jax.Array
+    num_examples: jax.Array
+    num_steps: jax.Array
+
+
+def client_key(round_key: jax.Array, position: jax.Array, client_key_id: jax.Array) -> jax.Array:
+    """The key of one client in one round, from its cohort position and its id.
+
+    Folding in the cohort position keeps two draws of the same client (sampling
+    with replacement) distinct; neither depends on how the cohort is chunked.
+    """
+    return jax.random.fold_in(jax.random.fold_in(round_key, position), client_key_id)
+
+
+def step_key(client_key_: jax.Array, step_index) -> jax.Array:
+    """The key of one local step of one client."""
+    return jax.random.fold_in(client_key_, step_index)
+
+
+def training_step(
+    model: Model,
+    optimizer: Optimizer,
+    grad_correction: GradCorrection | None = None,
+) -> Callable[..., TrainCarry]:
+    """``(carry, batch, key, broadcast, client_state) -> carry``: one local SGD-style step.
+
+    Args:
+      model: the wrapped model.
+      optimizer: the client optimizer.
+      grad_correction: optional gradient correction (FedProx, SCAFFOLD).
+    """
+
+    def step(carry: TrainCarry, batch, key, broadcast, client_state) -> TrainCarry:
+        mask = jnp.asarray(batch["mask"], jnp.float32)
+        batch = {"x": batch["x"], "y": batch["y"], "mask": mask}
+        trainable, non_trainable = carry.weights
+        grad_fn = jax.value_and_grad(model.loss_and_output, has_aux=True)
+        (loss, output), grads = grad_fn(trainable, non_trainable, batch, training=True, rng=key)
+        if grad_correction is not None:
+            grads = grad_correction(grads, trainable, (broadcast, client_state))
+        new_trainable, new_opt_state = optimizer.update(grads, carry.optimizer_state, trainable)
+        has_examples = output.num_examples > 0
+        # jnp.where, not a product: a padded step's loss may be NaN and must not leak in.
+        return TrainCarry(
+            ModelWeights(
+                tree_where(has_examples, new_trainable, trainable),
+                tree_where(has_examples, output.non_trainable, non_trainable),
+            ),
+            tree_where(has_examples, new_opt_state, carry.optimizer_state),
+            model.update_metrics(carry.metrics, batch, output.predictions),
+            carry.loss_sum + jnp.where(has_examples, loss * output.num_examples, 0.0),
+            carry.num_examples + output.num_examples,
+            carry.num_steps + has_examples.astype(jnp.int32),
+        )
+
+    return step
+
+
+def start_training(model: Model, optimizer: Optimizer, weights: ModelWeights) -> TrainCarry:
+    """The carry before a client's first step, starting from ``weights``."""
+    return TrainCarry(
+        weights,
+        optimizer.init(weights.trainable),
+        model.init_metrics(),
+        jnp.zeros((), jnp.float32),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), jnp.int32),
+    )

@@ -1,0 +1,182 @@
+"""Three ways to run a chunk of clients, all giving the same numbers.
+
+- ``'vmap'``: one compiled program per chunk: clients batched with `jax.vmap`,
+  each client's steps in a `lax.scan`. Best on GPUs/TPUs, and for dense
+  models everywhere.
+- ``'unroll'``: the host loops over steps; each step is one compiled call in
+  which a group of clients (``group_size``, default 2) is written out one after
+  another, not vmapped. XLA:CPU then runs plain convolutions (a vmapped
+  convolution gradient lowers to a grouped convolution, about 4x slower) and
+  can overlap the group's independent clients on its cores.
+- ``'sequential'``: as ``'unroll'`` with one client per call.
+
+The host-driven modes skip padding clients and a group's padded trailing steps.
+`choose_mode` picks a mode by timing the first chunk when asked to.
+"""
+
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_keras.aggregation import Accumulator, accumulate
+from fedjax_keras.client._local_update import ClientBatchArrays, ClientProgram, client_key, step_key
+
+MODES = ("vmap", "unroll", "sequential")
+
+
+class Chunk(NamedTuple):
+    """A chunk of clients on the device; every leaf has a leading [clients] axis.
+
+    Attributes:
+      data: `ClientBatchArrays` with leaves [clients, steps, batch, ...].
+      positions: int32 [clients], position in the cohort (-1 for padding clients).
+      key_ids: int32 [clients], integer client ids folded into each client's key.
+      valid: bool [clients], False for padding clients.
+      client_state: the clients' persistent state rows, or ``()``.
+    """
+
+    data: ClientBatchArrays
+    positions: jax.Array
+    key_ids: jax.Array
+    valid: jax.Array
+    client_state: Any
+
+
+def _keep_or_old(keep, new, old):
+    """A dropped (non-finite) client keeps its previous persistent state."""
+
+    def pick(n, o):
+        return jnp.where(keep.reshape(keep.shape + (1,) * (n.ndim - keep.ndim)), n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
+def _take(tree, index):
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), tree)
+
+
+class ChunkRunner:
+    """Runs chunks of clients and adds their outputs to an `Accumulator`.
+
+    Calling it returns ``(new_accumulator, new_client_states [clients, ...])``.
+    Every compiled piece is cached per chunk shape.
+    """
+
+    def __init__(self, program: ClientProgram, merge_metrics, mode: str, group_size: int = 2):
+        if mode not in MODES:
+            raise ValueError(f"runner mode must be one of {MODES}; received {mode!r}.")
+        self.mode = mode
+        self.group_size = 1 if mode == "sequential" else group_size
+        self._program = program
+        self._merge = merge_metrics
+        self._vmapped = jax.jit(self._run_vmapped)
+        self._start = jax.jit(self._start_group)
+        self._step = jax.jit(self._step_group, donate_argnums=(0,))
+        self._finish = jax.jit(self._finish_group)
+
+    # ------------------------------------------------------------------ vmap
+    def _run_vmapped(self, acc, broadcast, chunk: Chunk, round_key):
+        keys = jax.vmap(client_key, in_axes=(None, 0, 0))(round_key, chunk.positions, chunk.key_ids)
+        outputs = jax.vmap(self._program.run, in_axes=(None, 0, 0, 0))(
+            broadcast, chunk.data, keys, chunk.client_state
+        )
+        acc, keep = accumulate(acc, outputs, chunk.valid, self._merge)
+        return acc, _keep_or_old(keep, outputs.client_state, chunk.client_state)
+
+    # ------------------------------------------------------- host-driven steps
+    def _start_group(self, broadcast, chunk: Chunk, indices):
+        return tuple(
+            self._program.start(broadcast, _take(chunk.client_state, i)) for i in indices
+        )
+
+    def _step_group(self, carries, broadcast, chunk: Chunk, indices, step, round_key):
+        new = []
+        for carry, i in zip(carries, indices):
+            data = _take(_take(chunk.data, i), step)
+            batch = {"x": data.x, "y": data.y, "mask": data.mask}
+            key = step_key(client_key(round_key, chunk.positions[i], chunk.key_ids[i]), step)
+            new.append(self._program.step(carry, batch, key, broadcast, _take(chunk.client_state, i)))
+        return tuple(new)
+
+    def _finish_group(self, acc, carries, broadcast, chunk: Chunk, indices, in_group):
+        outputs = [
+            self._program.finish(carry, broadcast, _take(chunk.client_state, i))
+            for carry, i in zip(carries, indices)
+        ]
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+        valid = jnp.stack([chunk.valid[i] for i in indices]) & in_group
+        old_states = jax.tree.map(lambda *a: jnp.stack(a), *[_take(chunk.client_state, i) for i in indices])
+        acc, keep = accumulate(acc, stacked, valid, self._merge)
+        return acc, _keep_or_old(keep, stacked.client_state, old_states)
+
+    def _run_stepwise(self, acc, broadcast, chunk: Chunk, round_key, host_valid, host_steps):
+        real = np.flatnonzero(host_valid)
+        group_states = []
+        for begin in range(0, len(real), self.group_size):
+            members = real[begin : begin + self.group_size]
+            # A short last group repeats a member as padding; its copy is marked invalid.
+            padded = np.concatenate([members, np.full(self.group_size - len(members), members[-1])])
+            indices = tuple(jnp.int32(i) for i in padded)
+            carries = self._start(broadcast, chunk, indices)
+            for step in range(int(host_steps[members].max(initial=0))):
+                carries = self._step(carries, broadcast, chunk, indices, jnp.int32(step), round_key)
+            in_group = np.arange(self.group_size) < len(members)
+            acc, states = self._finish(acc, carries, broadcast, chunk, indices, in_group)
+            group_states.append(jax.tree.map(lambda a: a[: len(members)], states))
+        states = jax.tree.map(lambda *a: jnp.concatenate(a), *group_states)
+        # Padding clients keep their (unused) rows, so the result is [clients, ...].
+        order = np.full(len(host_valid), -1)
+        order[real] = np.arange(len(real))
+        return acc, jax.tree.map(
+            lambda new, old: jnp.where(
+                jnp.asarray(order >= 0).reshape((-1,) + (1,) * (new.ndim - 1)),
+                new[np.maximum(order, 0)],
+                old,
+            ),
+            states,
+            chunk.client_state,
+        )
+
+    def __call__(self, acc: Accumulator, broadcast, chunk: Chunk, round_key, host_valid, host_steps):
+        """Runs one chunk.
+
+        Args:
+          acc: running sums.
+          broadcast: what every client receives (server weights, ...).
+          chunk: the chunk on device.
+          round_key: the round's key.
+          host_valid: bool [clients] on the host, False for padding clients.
+          host_steps: int [clients] on the host, each client's real step count.
+        """
+        if self.mode == "vmap":
+            return self._vmapped(acc, broadcast, chunk, round_key)
+        return self._run_stepwise(acc, broadcast, chunk, round_key, host_valid, host_steps)
+
+
+def default_mode(has_convolutions: bool) -> str:
+    """The mode to use without timing: vmap, except convolutions on a CPU."""
+    if jax.default_backend() == "cpu" and has_convolutions:
+        return "unroll"
+    return "vmap"
+
+
+def choose_mode(runners: dict[str, ChunkRunner], args: tuple) -> tuple[str, dict[str, float]]:
+    """Times each runner on the same chunk (after a compiling run) and picks the fastest.
+
+    Args:
+      runners: mode -> `ChunkRunner`.
+      args: the arguments of one chunk call.
+
+    Returns:
+      ``(best mode, {mode: seconds})``.
+    """
+    timings = {}
+    for mode, runner in runners.items():
+        jax.block_until_ready(runner(*args))  # compile
+        start = time.perf_counter()
+        jax.block_until_ready(runner(*args))
+        timings[mode] = time.perf_counter() - start
+    return min(timings, key=timings.get), timings
