@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
+import optax
 
 from fedjax_keras import errors
 from fedjax_keras.metrics import MetricSuite
@@ -23,7 +24,7 @@ from fedjax_keras.models._losses import OutputLoss, build_output_losses, total_l
 from fedjax_keras.models._outputs import OutputStructure
 from fedjax_keras.models._variables import VariableLayout
 from fedjax_keras.models._weights import BatchOutput, ModelWeights
-from fedjax_keras.optimizers import Optimizer, as_optimizer
+from fedjax_keras.optimizers import Optimizer, as_optimizer, from_optax
 from fedjax_keras.optimizers._functional import tree_where
 
 
@@ -232,13 +233,27 @@ class Model:
           optimizer_state: from `init_optimizer_state`.
           batch: as in `forward_pass`.
           rng: a JAX key (see `apply`).
-          optimizer: an `Optimizer` to use instead of the model's own.
+          optimizer: an `Optimizer` or optax transform to use instead of the
+            model's own (a Keras optimizer must go through
+            `fedjax_keras.optimizers.as_optimizer` first: it needs building
+            outside jit, and its state comes from that `Optimizer`'s ``init``).
 
         Returns:
           ``(new_weights, new_optimizer_state, BatchOutput)``; the output holds the
           loss and predictions computed before the step.
         """
-        optimizer = optimizer or self.optimizer
+        if optimizer is None:
+            optimizer = self.optimizer
+        elif not isinstance(optimizer, Optimizer):
+            # An optax transform's update returns updates, not new parameters:
+            # using it as an `Optimizer` unwrapped would silently train wrongly.
+            if not isinstance(optimizer, optax.GradientTransformation):
+                raise TypeError(
+                    "train_step's optimizer= must be a fedjax_keras.optimizers.Optimizer or an "
+                    f"optax transform; received {type(optimizer).__name__}. Wrap Keras "
+                    "optimizers with fedjax_keras.optimizers.as_optimizer(opt, weights.trainable)."
+                )
+            optimizer = from_optax(optimizer)
         grad_fn = jax.value_and_grad(self.loss_and_output, has_aux=True)
         (_, output), grads = grad_fn(
             weights.trainable, weights.non_trainable, batch, training=True, rng=rng

@@ -82,7 +82,14 @@ def functional_metric(metric: Any, y_true_example, y_pred_example) -> Functional
     try:
         private = copy.deepcopy(original)
     except Exception:  # noqa: BLE001 - some custom metrics do not deep-copy; rebuild them.
-        private = type(original).from_config(original.get_config())
+        try:
+            private = type(original).from_config(original.get_config())
+        except Exception as e:  # noqa: BLE001
+            raise errors.MetricNotFunctionalError(
+                f"The metric {original.name!r} ({type(original).__name__}) can be neither "
+                f"deep-copied nor rebuilt from its config ({type(e).__name__}: {e}); pass a "
+                "zero-argument function that builds it, e.g. metrics=[lambda: MyMetric()]."
+            ) from e
     if not private.variables:
         # Some metrics (e.g. F1Score) create their variables on the first update.
         private.update_state(np.asarray(y_true_example), np.asarray(y_pred_example))
