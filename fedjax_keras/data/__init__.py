@@ -1,0 +1,3 @@
+"""Federated data: the client container, cohort sampling, and padded batching."""
+
+from ._federated_data import FederatedData as FederatedData

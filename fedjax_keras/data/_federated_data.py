@@ -1,0 +1,514 @@
+"""FederatedData: an immutable container of many clients' examples.
+
+All clients' examples live in one pytree of numpy arrays with a shared leading
+dimension N (clients stored contiguously, one after another); `client_offsets`
+cuts it into clients. One representation makes sampling, subsetting and
+batching single vectorised gathers, with no per-client Python loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from jax import tree_util
+
+# A floor a hair below an integer is treated as that integer: 0.29 * 100 is
+# 28.999999999999996 in floating point, but users mean 29.
+_FLOOR_TOLERANCE = 1e-9
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FederatedData:
+    """Immutable container of many clients' examples with ragged sizes.
+
+    Attributes:
+      examples: ``{'x': x, 'y': y}`` where ``x`` and ``y`` are each a numpy
+        array [N, ...] or a dict/list/tuple (nested) of such arrays, all sharing
+        the leading dimension N. Arrays are read-only views; no copy is made of
+        what the user passed.
+      client_offsets: int64 [num_clients + 1]; client ``c`` owns rows
+        ``client_offsets[c]:client_offsets[c + 1]``.
+      client_ids: tuple of num_clients distinct hashable ids (default 0..C-1).
+
+    Example:
+      >>> import numpy as np
+      >>> data = FederatedData.from_arrays(
+      ...     x=np.arange(10.0).reshape(5, 2), y=np.arange(5), client_offsets=[0, 2, 2, 5],
+      ...     client_ids=["a", "b", "c"])
+      >>> data.num_clients, data.num_examples, data.client_sizes.tolist()
+      (3, 5, [2, 0, 3])
+      >>> data.client_by_id("c")["y"].tolist()
+      [2, 3, 4]
+      >>> cohort = data.sample_clients(2, seed=0)  # default_rng(0).choice(3, 2, replace=False)
+      >>> cohort.client_ids
+      ('b', 'c')
+    """
+
+    examples: dict
+    client_offsets: np.ndarray
+    client_ids: tuple = None  # type: ignore[assignment]  # None means 0..C-1.
+
+    def __post_init__(self):
+        if not isinstance(self.examples, Mapping):
+            raise TypeError(
+                "examples must be a dict {'x': ..., 'y': ...}, got "
+                f"{type(self.examples).__name__}."
+            )
+        _check_xy_keys(self.examples, "examples")
+        x = _as_leaf_arrays(self.examples["x"], "x")
+        y = _as_leaf_arrays(self.examples["y"], "y")
+        n = _common_leading_dim(x, y)
+        offsets = _check_offsets(self.client_offsets, n)
+        ids = _check_ids(self.client_ids, len(offsets) - 1)
+        object.__setattr__(self, "examples", {"x": x, "y": y})
+        object.__setattr__(self, "client_offsets", offsets)
+        object.__setattr__(self, "client_ids", ids)
+
+    @classmethod
+    def _unchecked(cls, examples: dict, client_offsets: np.ndarray, client_ids: tuple):
+        """Builds from parts already known valid (subset, split): skips validation."""
+        data = object.__new__(cls)
+        object.__setattr__(data, "examples", tree_util.tree_map(_read_only, examples))
+        object.__setattr__(data, "client_offsets", _read_only(client_offsets))
+        object.__setattr__(data, "client_ids", client_ids)
+        return data
+
+    # -- Constructors -------------------------------------------------------------------
+
+    @classmethod
+    def from_arrays(
+        cls, x: Any, y: Any, client_offsets: Any, client_ids: Sequence[Hashable] | None = None
+    ) -> FederatedData:
+        """Builds from all clients' examples stored contiguously.
+
+        Args:
+          x: inputs, an array [N, ...] or a dict/list/tuple of arrays [N, ...].
+          y: targets, an array [N, ...] or a dict/list/tuple of arrays [N, ...].
+          client_offsets: int [C + 1], non-decreasing, from 0 to N; client c owns
+            rows ``client_offsets[c]:client_offsets[c + 1]``.
+          client_ids: C distinct hashable ids; default ``0..C-1``.
+
+        Returns:
+          FederatedData with C clients and N examples (no copy of the arrays).
+
+        Raises:
+          TypeError: if a leaf is not convertible to a numeric array, or the
+            offsets are not integers.
+          ValueError: if leaves differ in leading dimension, the offsets do not
+            cut [0, N], or client_ids has the wrong length or repeats an id.
+        """
+        return cls({"x": x, "y": y}, client_offsets, client_ids)
+
+    @classmethod
+    def from_client_dict(cls, clients: Mapping[Hashable, Any]) -> FederatedData:
+        """Builds from ``{client_id: {'x': x_c, 'y': y_c}}`` or ``{client_id: (x_c, y_c)}``.
+
+        Client ids keep the dict's order. Every client must have the same pytree
+        structure and the same per-example shapes (the examples are concatenated).
+
+        Args:
+          clients: non-empty mapping from client id to that client's examples.
+
+        Returns:
+          FederatedData holding the clients in the mapping's order.
+
+        Raises:
+          TypeError / ValueError: as `from_arrays`, plus mismatched structures
+            between clients (the message names the client).
+        """
+        if not isinstance(clients, Mapping):
+            raise TypeError(f"clients must be a dict {{client_id: examples}}, got {type(clients)}.")
+        return cls._from_clients(list(clients.keys()), list(clients.values()), "clients")
+
+    @classmethod
+    def from_client_list(cls, clients: Sequence[Any]) -> FederatedData:
+        """Builds from ``[{'x': x_c, 'y': y_c} or (x_c, y_c), ...]``; ids are 0..n-1.
+
+        Args:
+          clients: non-empty sequence of the clients' examples.
+
+        Returns:
+          FederatedData holding the clients in list order.
+
+        Raises:
+          TypeError / ValueError: as `from_client_dict`.
+        """
+        if isinstance(clients, (Mapping, str, bytes)) or not isinstance(clients, Sequence):
+            raise TypeError(
+                f"clients must be a list of {{'x': ..., 'y': ...}} or (x, y), got {type(clients)}."
+            )
+        return cls._from_clients(list(range(len(clients))), list(clients), "clients")
+
+    @classmethod
+    def _from_clients(cls, ids: list, per_client: list, name: str) -> FederatedData:
+        if not per_client:
+            raise ValueError(f"{name} must hold at least one client, got an empty collection.")
+        trees, sizes = [], []
+        for client_id, examples in zip(ids, per_client):
+            what = f"{name}[{client_id!r}]"
+            examples = _normalise_client(examples, what)
+            x = _as_leaf_arrays(examples["x"], f"{what}['x']")
+            y = _as_leaf_arrays(examples["y"], f"{what}['y']")
+            sizes.append(_common_leading_dim(x, y, what))
+            trees.append({"x": x, "y": y})
+        first = trees[0]
+        first_def = tree_util.tree_structure(first)
+        first_shapes = [leaf.shape[1:] for leaf in tree_util.tree_leaves(first)]
+        for client_id, tree in zip(ids, trees):
+            shapes = [leaf.shape[1:] for leaf in tree_util.tree_leaves(tree)]
+            if tree_util.tree_structure(tree) != first_def or shapes != first_shapes:
+                raise ValueError(
+                    f"{name}[{client_id!r}] has structure {tree_util.tree_structure(tree)} with "
+                    f"per-example shapes {shapes}, but {name}[{ids[0]!r}] has {first_def} with "
+                    f"{first_shapes}; every client needs the same structure and shapes."
+                )
+        examples = tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *trees)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        return cls(examples, offsets, tuple(ids))
+
+    # -- Properties ---------------------------------------------------------------------
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients C."""
+        return len(self.client_offsets) - 1
+
+    @functools.cached_property
+    def client_sizes(self) -> np.ndarray:
+        """int64 [C]: examples per client."""
+        return _read_only(np.diff(self.client_offsets))
+
+    @property
+    def num_examples(self) -> int:
+        """Total examples N over all clients."""
+        return int(self.client_offsets[-1])
+
+    @functools.cached_property
+    def _position_by_id(self) -> dict:
+        return {client_id: i for i, client_id in enumerate(self.client_ids)}
+
+    @functools.cached_property
+    def _id_array(self) -> np.ndarray:
+        return np.fromiter(self.client_ids, dtype=object, count=self.num_clients)
+
+    def __len__(self) -> int:
+        return self.num_clients
+
+    def __iter__(self) -> Iterator[tuple[Hashable, dict]]:
+        """Yields ``(client_id, {'x': ..., 'y': ...})`` for every client, in order."""
+        for position, client_id in enumerate(self.client_ids):
+            yield client_id, self.client(position)
+
+    def __repr__(self) -> str:
+        def spec(tree):
+            return tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape[1:])}", tree)
+
+        return (
+            f"FederatedData(num_clients={self.num_clients}, num_examples={self.num_examples}, "
+            f"x={spec(self.examples['x'])}, y={spec(self.examples['y'])})"
+        )
+
+    # -- Access -------------------------------------------------------------------------
+
+    def client(self, position: int) -> dict:
+        """Returns client ``position``'s examples ``{'x': [n_c, ...], 'y': [n_c, ...]}`` (views).
+
+        Raises:
+          IndexError: if position is not in [-C, C).
+        """
+        c = self.num_clients
+        p = operator.index(position)
+        if not -c <= p < c:
+            raise IndexError(f"position must be in [-{c}, {c}) for {c} clients, got {position!r}.")
+        p %= c
+        start, stop = int(self.client_offsets[p]), int(self.client_offsets[p + 1])
+        return tree_util.tree_map(lambda a: a[start:stop], self.examples)
+
+    def client_by_id(self, client_id: Hashable) -> dict:
+        """Returns the examples of the client named ``client_id`` (views).
+
+        Raises:
+          KeyError: if no client has that id.
+        """
+        try:
+            position = self._position_by_id[client_id]
+        except KeyError:
+            shown = ", ".join(repr(i) for i in self.client_ids[:5])
+            more = ", ..." if self.num_clients > 5 else ""
+            raise KeyError(f"client_id {client_id!r} not found; ids are ({shown}{more}).") from None
+        return self.client(position)
+
+    # -- Subsets, sampling, splits ------------------------------------------------------
+
+    def subset(self, positions: Any) -> FederatedData:
+        """Returns the clients at ``positions``, in that order, as a new FederatedData.
+
+        Positions may repeat (sampling with replacement): each occurrence is a
+        separate copy of the client. Client ids must stay distinct, so the k-th
+        repeat (k >= 1) of a client named ``i`` is named ``(i, k)``.
+
+        Args:
+          positions: int [K], each in [0, C).
+
+        Returns:
+          FederatedData with K clients; its arrays are fresh copies (one gather per leaf).
+
+        Raises:
+          TypeError: if positions are not integers.
+          ValueError: if positions is not 1-D or a position is out of range.
+        """
+        pos = _check_positions(positions, self.num_clients)
+        sizes = self.client_sizes[pos]
+        offsets = np.zeros(len(pos) + 1, np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        rows = np.arange(offsets[-1], dtype=np.int64)
+        rows += np.repeat(self.client_offsets[pos] - offsets[:-1], sizes)
+        examples = _take_rows(self.examples, rows)
+        return FederatedData._unchecked(examples, offsets, self._subset_ids(pos))
+
+    def _subset_ids(self, pos: np.ndarray) -> tuple:
+        ids = self._id_array[pos]
+        if len(pos) > 1:
+            # Occurrence number of each position among equal positions.
+            order = np.argsort(pos, kind="stable")
+            sorted_pos = pos[order]
+            starts = np.flatnonzero(np.r_[True, sorted_pos[1:] != sorted_pos[:-1]])
+            counts = np.diff(np.r_[starts, len(pos)])
+            occurrence = np.empty(len(pos), np.int64)
+            occurrence[order] = np.arange(len(pos)) - np.repeat(starts, counts)
+            for i in np.flatnonzero(occurrence):
+                ids[i] = (ids[i], int(occurrence[i]))
+        return tuple(ids.tolist())
+
+    def sample_client_positions(
+        self, num_clients: int, seed: Any, replace: bool | None = None
+    ) -> np.ndarray:
+        """Positions of a seeded cohort: ``default_rng(seed).choice(C, num_clients, replace)``.
+
+        Exactly that numpy call, so that benchmark protocols can reproduce cohorts.
+
+        Args:
+          num_clients: cohort size K >= 0.
+          seed: anything `numpy.random.default_rng` accepts (e.g. the round number).
+          replace: sample with replacement; None means only when K > C.
+
+        Returns:
+          int64 [K] positions in [0, C).
+
+        Raises:
+          ValueError: if K < 0, C == 0 < K, or K > C with replace=False.
+        """
+        if not _is_int(num_clients) or num_clients < 0:
+            raise ValueError(f"num_clients must be a non-negative integer, got {num_clients!r}.")
+        population = self.num_clients
+        if replace is None:
+            replace = num_clients > population
+        if num_clients > population and (not replace or population == 0):
+            raise ValueError(
+                f"num_clients={num_clients} exceeds the population of {population} clients "
+                f"with replace={replace}; pass replace=True (or None) or a smaller num_clients."
+            )
+        rng = np.random.default_rng(seed)
+        return rng.choice(population, num_clients, replace=bool(replace)).astype(np.int64)
+
+    def sample_clients(
+        self, num_clients: int, seed: Any, replace: bool | None = None
+    ) -> FederatedData:
+        """A seeded cohort: ``self.subset(self.sample_client_positions(...))``.
+
+        See `sample_client_positions` for the arguments and `subset` for how
+        repeated draws are named.
+        """
+        return self.subset(self.sample_client_positions(num_clients, seed, replace))
+
+    def train_test_split(
+        self, test_fraction: float, seed: Any
+    ) -> tuple[FederatedData, FederatedData]:
+        """Splits every client's examples into a train and a test part.
+
+        Client c puts ``floor(test_fraction * n_c)`` randomly chosen examples in
+        test and keeps the other ``n_c - floor(test_fraction * n_c)`` (the
+        ceiling of its share) in train, so a client with one example keeps it for
+        training. Both parts have all C clients and ids (a test client may be
+        empty) and keep each client's examples in their original relative order.
+
+        Args:
+          test_fraction: in (0, 1).
+          seed: anything `numpy.random.default_rng` accepts.
+
+        Returns:
+          (train, test) FederatedData; together they hold every example once.
+
+        Raises:
+          ValueError: if test_fraction is not in (0, 1).
+        """
+        if not (isinstance(test_fraction, (int, float, np.number)) and 0 < test_fraction < 1):
+            raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.")
+        sizes = self.client_sizes
+        n_test = np.floor(sizes * float(test_fraction) + _FLOOR_TOLERANCE).astype(np.int64)
+        # Per-client random ranks: sort by (client, uniform) with one argsort of
+        # client + u/2 (u/2 < 0.5 so no key rounds up into the next client).
+        client_of_row = np.repeat(np.arange(self.num_clients, dtype=np.float64), sizes)
+        keys = client_of_row + 0.5 * np.random.default_rng(seed).random(self.num_examples)
+        perm = np.argsort(keys)
+        rank = np.empty(self.num_examples, np.int64)
+        rank[perm] = np.arange(self.num_examples) - np.repeat(self.client_offsets[:-1], sizes)
+        is_test = rank < np.repeat(n_test, sizes)
+        parts = []
+        for rows, part_sizes in ((~is_test, sizes - n_test), (is_test, n_test)):
+            rows = np.flatnonzero(rows)
+            offsets = np.concatenate([[0], np.cumsum(part_sizes)]).astype(np.int64)
+            examples = _take_rows(self.examples, rows)
+            parts.append(FederatedData._unchecked(examples, offsets, self.client_ids))
+        return parts[0], parts[1]
+
+
+# -- Validation helpers -------------------------------------------------------------------
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _take_rows(tree: Any, rows: np.ndarray) -> Any:
+    return tree_util.tree_map(lambda a: np.take(a, rows, axis=0), tree)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _check_xy_keys(examples: Mapping, name: str) -> None:
+    keys = set(examples)
+    if keys != {"x", "y"}:
+        missing = sorted({"x", "y"} - keys)
+        extra = sorted(keys - {"x", "y"}, key=repr)
+        raise ValueError(
+            f"{name} must have exactly the keys 'x' and 'y'; missing {missing}, unexpected "
+            f"{extra}. Put several inputs or targets in a dict under 'x' or 'y'."
+        )
+
+
+def _normalise_client(examples: Any, what: str) -> Mapping:
+    if isinstance(examples, Mapping):
+        _check_xy_keys(examples, what)
+        return examples
+    if isinstance(examples, tuple) and len(examples) == 2:
+        return {"x": examples[0], "y": examples[1]}
+    raise TypeError(
+        f"{what} must be a dict {{'x': ..., 'y': ...}} or a tuple (x, y), got "
+        f"{type(examples).__name__}{f' of length {len(examples)}' if isinstance(examples, tuple) else ''}."
+    )
+
+
+def _as_leaf_arrays(tree: Any, name: str) -> Any:
+    """Converts every leaf of ``tree`` to a read-only numpy array [N, ...]."""
+    leaves_with_paths, treedef = tree_util.tree_flatten_with_path(tree)
+    if not leaves_with_paths:
+        raise ValueError(f"{name} holds no array (got {tree!r}); expected an array [N, ...].")
+    arrays = []
+    for path, leaf in leaves_with_paths:
+        where = f"{name}{tree_util.keystr(path)}"
+        try:
+            array = np.asarray(leaf)
+        except Exception as e:  # numpy raises several types for ragged input.
+            raise TypeError(
+                f"{where} cannot be converted to a numpy array ({e}); got {type(leaf).__name__}."
+            ) from e
+        if array.dtype == object:
+            raise TypeError(
+                f"{where} must be a numeric (or string) array [N, ...], got {type(leaf).__name__} "
+                "that numpy can only hold as dtype=object (ragged or non-numeric)."
+            )
+        if array.ndim == 0:
+            raise ValueError(
+                f"{where} must be an array [N, ...] with a leading examples axis, got a scalar "
+                f"{leaf!r}. (A nested Python list is read as a pytree: wrap it in np.asarray.)"
+            )
+        arrays.append(_read_only(array))
+    return tree_util.tree_unflatten(treedef, arrays)
+
+
+def _common_leading_dim(x: Any, y: Any, name: str = "examples") -> int:
+    dims = {}
+    for part, tree in (("x", x), ("y", y)):
+        for path, leaf in tree_util.tree_flatten_with_path(tree)[0]:
+            dims[f"{part}{tree_util.keystr(path)}"] = leaf.shape[0]
+    if len(set(dims.values())) > 1:
+        raise ValueError(
+            f"all arrays in {name} must share the leading (examples) dimension N; got leading "
+            f"dimensions {dims}."
+        )
+    return next(iter(dims.values()))
+
+
+def _check_offsets(client_offsets: Any, n: int) -> np.ndarray:
+    offsets = np.asarray(client_offsets)
+    if offsets.ndim != 1 or offsets.size == 0:
+        raise ValueError(
+            f"client_offsets must be a 1-D array [num_clients + 1], got shape {offsets.shape}."
+        )
+    if not (np.issubdtype(offsets.dtype, np.integer) or offsets.dtype == bool):
+        raise TypeError(f"client_offsets must hold integers, got dtype {offsets.dtype}.")
+    offsets = offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0):
+        bad = np.flatnonzero(np.diff(offsets) < 0)
+        detail = f"; it decreases after index {int(bad[0])}" if bad.size else ""
+        raise ValueError(
+            f"client_offsets must be non-decreasing from 0 to N={n} (the number of examples, "
+            f"so that no example is dropped), got {_short(offsets)}{detail}."
+        )
+    return _read_only(offsets)
+
+
+def _check_ids(client_ids: Any, num_clients: int) -> tuple:
+    if client_ids is None:
+        return tuple(range(num_clients))
+    if isinstance(client_ids, (str, bytes)):
+        raise TypeError(f"client_ids must be a sequence of ids, got the string {client_ids!r}.")
+    ids = tuple(client_ids)
+    if len(ids) != num_clients:
+        raise ValueError(
+            f"client_ids must have one id per client ({num_clients}), got {len(ids)} ids."
+        )
+    try:
+        unique = set(ids)
+    except TypeError as e:
+        raise TypeError(f"client_ids must be hashable ({e}).") from e
+    if len(unique) != len(ids):
+        seen, duplicates = set(), []
+        for i in ids:
+            if i in seen:
+                duplicates.append(i)
+            seen.add(i)
+        raise ValueError(f"client_ids must be distinct, got duplicates {duplicates[:5]!r}.")
+    return ids
+
+
+def _check_positions(positions: Any, num_clients: int) -> np.ndarray:
+    pos = np.asarray(positions)
+    if pos.ndim != 1:
+        raise ValueError(
+            f"positions must be a 1-D array of client positions, got shape {pos.shape}."
+        )
+    if pos.size == 0:
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(pos.dtype, np.integer):
+        raise TypeError(f"positions must be integers, got dtype {pos.dtype}.")
+    pos = pos.astype(np.int64, copy=False)
+    if pos.min() < 0 or pos.max() >= num_clients:
+        raise ValueError(
+            f"positions must be in [0, {num_clients}) for {num_clients} clients, got {_short(pos)}."
+        )
+    return pos
+
+
+def _short(array: np.ndarray) -> str:
+    return np.array2string(array, threshold=12, edgeitems=4, separator=", ")
