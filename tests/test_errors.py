@@ -44,7 +44,11 @@ def test_loss_dict_with_wrong_keys_is_a_key_error(multi_io):
 @pytest.mark.parametrize(
     "loss_weights, error, match",
     [
-        ([1.0], errors.LossSpecError, r"`loss_weights` is a list of length 1.*2 outputs \['cls', 'reg'\]"),
+        (
+            [1.0],
+            errors.LossSpecError,
+            r"`loss_weights` is a list of length 1.*2 outputs \['cls', 'reg'\]",
+        ),
         ({"cls": 1.0}, KeyError, r"`loss_weights` is a dict.*missing \['reg'\]"),
         ({"cls": 1.0, "reg": "heavy"}, errors.LossSpecError, r"for output 'reg' must be a number"),
         (0.5, errors.LossSpecError, r"one weight per output"),
@@ -60,7 +64,8 @@ def test_bad_losses():
         fk.from_keras_model(toy_models.mlp(), (X, Y), "not_a_loss")
     with pytest.raises(errors.LossSpecError, match="reduction=None.*'sum_over_batch_size'"):
         fk.from_keras_model(
-            toy_models.mlp(), (X, Y),
+            toy_models.mlp(),
+            (X, Y),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
         )
     with pytest.raises(errors.LossSpecError, match="needs a loss"):
@@ -98,7 +103,9 @@ def test_dummy_batch_and_input_spec_exclusive():
 
 def test_labels_that_do_not_match_a_multi_output_model(multi_io):
     model = fk.from_keras_model(multi_io, (XM, YM), [CE, "mse"])
-    with pytest.raises(errors.InvalidBatchError, match=r"2 outputs \['cls', 'reg'\].*one array of shape \(2,\)"):
+    with pytest.raises(
+        errors.InvalidBatchError, match=r"2 outputs \['cls', 'reg'\].*one array of shape \(2,\)"
+    ):
         model.loss(model.initial_weights, (XM, Y))
 
 
@@ -143,7 +150,9 @@ class _UncopyableMetric(keras.metrics.Mean):
 
 
 def test_metric_that_cannot_be_copied():
-    with pytest.raises(errors.MetricNotFunctionalError, match="neither deep-copied nor rebuilt.*lambda"):
+    with pytest.raises(
+        errors.MetricNotFunctionalError, match="neither deep-copied nor rebuilt.*lambda"
+    ):
         fk.from_keras_model(toy_models.mlp(), (X, Y), CE, metrics=[_UncopyableMetric(2.0)])
 
 
@@ -154,9 +163,14 @@ def test_duplicate_metric_names():
 
 def test_to_keras_into_a_different_architecture_names_the_paths():
     model = fk.from_keras_model(toy_models.mlp(), (X, Y), CE)
-    with pytest.raises(errors.WeightsMismatchError, match=r"missing \['batch_normalization/beta'.*unexpected \[\]"):
+    with pytest.raises(
+        errors.WeightsMismatchError, match=r"missing \['batch_normalization/beta'.*unexpected \[\]"
+    ):
         model.to_keras(model.initial_weights, toy_models.mlp(batch_norm=True))
-    with pytest.raises(errors.WeightsMismatchError, match=r"wrong shape \['dense/bias: weights \(8,\) vs model \(5,\)'"):
+    with pytest.raises(
+        errors.WeightsMismatchError,
+        match=r"wrong shape \['dense/bias: weights \(8,\) vs model \(5,\)'",
+    ):
         model.to_keras(model.initial_weights, toy_models.mlp(hidden=5))
 
 
@@ -172,7 +186,13 @@ def test_non_jax_keras_backend_names_the_fix(backend):
             print("ERROR:", e)
     """)
     env = {**os.environ, "KERAS_BACKEND": backend}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
     assert f"Keras is running on the '{backend}' backend" in result.stdout, result.stderr[-2000:]
     assert "KERAS_BACKEND=jax" in result.stdout

@@ -43,8 +43,10 @@ def _keras_reference(logits, labels):
 @pytest.fixture(scope="module")
 def model():
     return fk.from_keras_model(
-        toy_models.mlp(), (np.zeros((2, 4), np.float32), np.zeros(2, np.int32)),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=_metrics(),
+        toy_models.mlp(),
+        (np.zeros((2, 4), np.float32), np.zeros(2, np.int32)),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=_metrics(),
     )
 
 
@@ -58,7 +60,9 @@ def test_metric_names(model):
 
 
 def test_merged_clients_equal_their_union_and_keras(model):
-    merged = model.merge_metrics(_state(model, LOGITS[0], LABELS[0]), _state(model, LOGITS[1], LABELS[1]))
+    merged = model.merge_metrics(
+        _state(model, LOGITS[0], LABELS[0]), _state(model, LOGITS[1], LABELS[1])
+    )
     union = _state(model, np.concatenate(LOGITS), np.concatenate(LABELS))
     actual = model.finalize_metrics(merged)
     expected = _keras_reference(np.concatenate(LOGITS), np.concatenate(LABELS))
@@ -66,7 +70,9 @@ def test_merged_clients_equal_their_union_and_keras(model):
         np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, err_msg=name)
         np.testing.assert_allclose(model.finalize_metrics(union)[name], expected[name], rtol=1e-5)
     # Not the mean of the two clients' accuracies (5 and 8 examples weigh differently).
-    per_client = [model.finalize_metrics(_state(model, l, y))["accuracy"] for l, y in zip(LOGITS, LABELS)]
+    per_client = [
+        model.finalize_metrics(_state(model, l, y))["accuracy"] for l, y in zip(LOGITS, LABELS)
+    ]
     assert not np.isclose(np.mean(per_client), actual["accuracy"])
 
 
@@ -90,7 +96,8 @@ def test_metric_update_works_under_jit(model):
     state = update(model.init_metrics(), (np.zeros((5, 4), np.float32), LABELS[0]), LOGITS[0])
     np.testing.assert_allclose(
         model.finalize_metrics(state)["accuracy"],
-        np.mean(np.argmax(LOGITS[0], -1) == LABELS[0]), rtol=1e-6,
+        np.mean(np.argmax(LOGITS[0], -1) == LABELS[0]),
+        rtol=1e-6,
     )
 
 
@@ -106,13 +113,16 @@ def test_multi_output_metrics_by_output_name():
     x = {"a": np.zeros((4, 4), np.float32), "b": np.zeros((4, 3), np.float32)}
     y = {"cls": np.array([0, 1, 2, 1], np.int32), "reg": np.arange(4.0, dtype=np.float32)[:, None]}
     model = fk.from_keras_model(
-        toy_models.multi_io(), (x, y), {"cls": keras.losses.SparseCategoricalCrossentropy(True),
-                                        "reg": "mse"},
+        toy_models.multi_io(),
+        (x, y),
+        {"cls": keras.losses.SparseCategoricalCrossentropy(True), "reg": "mse"},
         metrics={"cls": ["accuracy"], "reg": [keras.metrics.MeanAbsoluteError()]},
     )
     assert model.metrics.names == ("cls_accuracy", "reg_mean_absolute_error")
-    predictions = {"cls": np.eye(3, dtype=np.float32)[[0, 1, 0, 0]],
-                   "reg": np.array([[0.0], [2.0], [2.0], [3.0]], np.float32)}
+    predictions = {
+        "cls": np.eye(3, dtype=np.float32)[[0, 1, 0, 0]],
+        "reg": np.array([[0.0], [2.0], [2.0], [3.0]], np.float32),
+    }
     state = model.update_metrics(model.init_metrics(), (x, y), predictions)
     result = model.finalize_metrics(state)
     np.testing.assert_allclose(result["cls_accuracy"], 0.5)
@@ -121,8 +131,11 @@ def test_multi_output_metrics_by_output_name():
 
 def test_metric_suite_on_hand_written_metric():
     count = FunctionalMetric(
-        "count", init=lambda: np.zeros(()), update=lambda s, y, p, m: s + m.sum(),
-        merge=merge_by_sum, finalize=lambda s: s,
+        "count",
+        init=lambda: np.zeros(()),
+        update=lambda s, y, p, m: s + m.sum(),
+        merge=merge_by_sum,
+        finalize=lambda s: s,
     )
     suite = MetricSuite(((0, count),))
     a = suite.update(suite.init(), [None], [None], np.ones(3))

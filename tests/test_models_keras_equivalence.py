@@ -6,7 +6,8 @@ model (same seeded weights): its forward pass, its ``compute_loss`` and its
 """
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import keras
@@ -17,7 +18,7 @@ import pytest
 import fedjax_keras as fk
 from fedjax_keras.testing import assert_trees_all_close, toy_models
 
-TOL = dict(rtol=1e-5, atol=1e-5)
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 LR = 0.1
 SPARSE_CE = "sparse_categorical_crossentropy_from_logits"
 
@@ -63,7 +64,9 @@ CASES = {
         loss_weights={"cls": 0.7, "reg": 2.0},
     ),
     "subclassed_bn": Case(
-        toy_models.subclassed, _X, _Y,
+        toy_models.subclassed,
+        _X,
+        _Y,
         reference_build=lambda: toy_models.subclassed(training_arg=True),
     ),
     "subclassed_bn_training_arg": Case(lambda: toy_models.subclassed(training_arg=True), _X, _Y),
@@ -84,15 +87,24 @@ def case_setup(request):
     )
     reference = (case.reference_build or case.build)()
     reference.compile(
-        optimizer=keras.optimizers.SGD(LR), loss=case.losses(), loss_weights=case.loss_weights,
+        optimizer=keras.optimizers.SGD(LR),
+        loss=case.losses(),
+        loss_weights=case.loss_weights,
         run_eagerly=True,
     )
     net_before = [np.array(w) for w in net.get_weights()]
     weights = model.initial_weights
     step = jax.jit(model.train_step)
     new_weights, _, output = step(weights, model.init_optimizer_state(weights), (case.x, case.y))
-    return dict(case=case, net=net, model=model, reference=reference, net_before=net_before,
-                new_weights=new_weights, output=output)
+    return {
+        "case": case,
+        "net": net,
+        "model": model,
+        "reference": reference,
+        "net_before": net_before,
+        "new_weights": new_weights,
+        "output": output,
+    }
 
 
 def test_reference_starts_from_the_same_weights(case_setup):
@@ -107,8 +119,10 @@ def test_inference_predictions_equal_keras(case_setup):
 
 
 def test_training_mode_predictions_equal_keras(case_setup):
-    model, net, case = case_setup["model"], case_setup["net"], case_setup["case"]
-    predictions, _ = model.apply(model.initial_weights, case.x, training=True, rng=jax.random.key(0))
+    model, _net, case = case_setup["model"], case_setup["net"], case_setup["case"]
+    predictions, _ = model.apply(
+        model.initial_weights, case.x, training=True, rng=jax.random.key(0)
+    )
     fresh = case.build()  # calling Keras in training mode changes its BatchNorm statistics
     assert_trees_all_close(predictions, fresh(case.x, training=True), **TOL)
 
@@ -161,11 +175,12 @@ def test_multi_output_loss_as_lists_is_the_weighted_sum():
     model = fk.from_keras_model(net, (case.x, case.y), losses, loss_weights=[0.7, 2.0])
     assert model.output_names == ("cls", "reg")
     out = net(case.x)
-    expected = (0.7 * losses[0](case.y["cls"], out["cls"])
-                + 2.0 * keras.losses.MeanSquaredError()(case.y["reg"], out["reg"])
-                + sum(net.losses))
-    np.testing.assert_allclose(model.loss(model.initial_weights, (case.x, case.y)),
-                               expected, **TOL)
+    expected = (
+        0.7 * losses[0](case.y["cls"], out["cls"])
+        + 2.0 * keras.losses.MeanSquaredError()(case.y["reg"], out["reg"])
+        + sum(net.losses)
+    )
+    np.testing.assert_allclose(model.loss(model.initial_weights, (case.x, case.y)), expected, **TOL)
     # Labels may be given as a list in output order, too.
     np.testing.assert_allclose(
         model.loss(model.initial_weights, (case.x, [case.y["cls"], case.y["reg"]])), expected, **TOL
@@ -188,7 +203,7 @@ def test_keras_optimizer_steps_equal_train_on_batch(make_optimizer):
     state = model.init_optimizer_state(weights)
     step = jax.jit(model.train_step)
     for i in range(3):
-        batch = (_X[i:i + 4], _Y[i:i + 4])
+        batch = (_X[i : i + 4], _Y[i : i + 4])
         weights, state, _ = step(weights, state, batch)
         reference.train_on_batch(*batch)
     assert_trees_all_close(model.to_keras(weights).get_weights(), reference.get_weights(), **TOL)

@@ -16,8 +16,11 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 @pytest.fixture(scope="module", params=["nested", "subclassed", "frozen"])
 def trained(request):
-    build = {"nested": toy_models.nested, "subclassed": toy_models.subclassed,
-             "frozen": lambda seed=0: toy_models.mlp(freeze_first=True, seed=seed)}[request.param]
+    build = {
+        "nested": toy_models.nested,
+        "subclassed": toy_models.subclassed,
+        "frozen": lambda seed=0: toy_models.mlp(freeze_first=True, seed=seed),
+    }[request.param]
     model = fk.from_keras_model(build(), (X, Y), LOSS, optimizer=optax.sgd(0.5))
     weights = model.initial_weights
     weights, _, _ = model.train_step(weights, model.init_optimizer_state(weights), (X, Y))
@@ -25,7 +28,7 @@ def trained(request):
 
 
 def test_round_trip_is_exact_including_batch_norm_statistics(trained):
-    name, build, model, weights = trained
+    name, _build, model, weights = trained
     keras_model = model.to_keras(weights)
     rewrapped = fk.from_keras_model(keras_model, (X, Y), LOSS)
     assert_trees_all_close(rewrapped.initial_weights, weights, rtol=0, atol=0)
@@ -43,7 +46,9 @@ def test_written_by_path_not_by_order(trained):
     other_instance = build(seed=5)  # same architecture, other weights and layer names
     written = model.to_keras(shuffled, other_instance)
     assert written is other_instance
-    assert_trees_all_close(written.get_weights(), model.to_keras(weights).get_weights(), rtol=0, atol=0)
+    assert_trees_all_close(
+        written.get_weights(), model.to_keras(weights).get_weights(), rtol=0, atol=0
+    )
 
 
 def test_frozen_layer_stays_frozen():

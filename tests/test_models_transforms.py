@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import fedjax_keras as fk
 from fedjax_keras.testing import assert_trees_all_close, toy_models
 
-TOL = dict(rtol=1e-5, atol=1e-6)
+TOL = {"rtol": 1e-5, "atol": 1e-6}
 CLIENTS = 3
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -46,6 +46,7 @@ def _stacked_weights(model):
     def perturb(leaf):
         offsets = 0.1 * jnp.arange(CLIENTS, dtype=leaf.dtype).reshape((-1,) + (1,) * leaf.ndim)
         return leaf[None] + offsets
+
     return jax.tree.map(perturb, model.initial_weights)
 
 
@@ -72,9 +73,7 @@ def test_vmapped_loss_grad_and_metrics_equal_a_loop_over_clients(dropout_model, 
     assert_trees_all_close(vmapped, jax.tree.map(lambda *a: jnp.stack(a), *looped), **TOL)
     # Sum-then-finalize over the clients axis equals the metric on all examples.
     merged = jax.tree.map(lambda s: jnp.sum(s, axis=0), vmapped[3])
-    per_client_hits = [
-        np.argmax(looped[i][2], -1) == ys[i] for i in range(CLIENTS)
-    ]
+    per_client_hits = [np.argmax(looped[i][2], -1) == ys[i] for i in range(CLIENTS)]
     np.testing.assert_allclose(
         model.finalize_metrics(merged)["accuracy"], np.mean(per_client_hits), rtol=1e-6
     )
@@ -128,8 +127,9 @@ def test_dropout_masks_come_from_rng_only(dropout_only):
     assert (other != same).mean() > 0.3
     # Inference is deterministic and needs no key; the Keras seed state is untouched.
     np.testing.assert_array_equal(model.apply(model.initial_weights, x), x)
-    assert_trees_all_close([np.array(v) for v in net.non_trainable_variables], seed_state_before,
-                           rtol=0, atol=0)
+    assert_trees_all_close(
+        [np.array(v) for v in net.non_trainable_variables], seed_state_before, rtol=0, atol=0
+    )
 
 
 def test_vmapped_clients_with_different_keys_never_share_masks(dropout_only):
@@ -167,7 +167,9 @@ def plain_model():
     net = toy_models.mlp(l2=0.01)
     x, y = _batch(np.random.RandomState(0), 4)
     return fk.from_keras_model(
-        net, (x, y), LOSS,
+        net,
+        (x, y),
+        LOSS,
         metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(from_logits=True)],
     )
 
@@ -223,7 +225,8 @@ def test_padded_tokens_out_of_vocabulary_change_nothing():
     grad = jax.grad(lambda t, b: model.loss(fk.ModelWeights(t, {}), b))
     assert_trees_all_close(
         grad(model.initial_weights.trainable, padded),
-        grad(model.initial_weights.trainable, (tokens, labels)), **TOL,
+        grad(model.initial_weights.trainable, (tokens, labels)),
+        **TOL,
     )
 
 

@@ -60,9 +60,14 @@ def no_optimizer_model():
 def test_training_without_an_optimizer_is_a_clear_error(no_optimizer_model):
     model, batch = no_optimizer_model
     weights = model.initial_weights
-    for use in (lambda: model.optimizer, lambda: model.init_optimizer_state(weights),
-                lambda: model.train_step(weights, (), batch)):
-        with pytest.raises(fk.errors.NoOptimizerError, match="wrapped without an optimizer: pass optimizer="):
+    for use in (
+        lambda: model.optimizer,
+        lambda: model.init_optimizer_state(weights),
+        lambda: model.train_step(weights, (), batch),
+    ):
+        with pytest.raises(
+            fk.errors.NoOptimizerError, match="wrapped without an optimizer: pass optimizer="
+        ):
             use()
 
 
@@ -70,8 +75,9 @@ def test_train_step_accepts_an_optax_transform_per_call(no_optimizer_model):
     model, (x, y) = no_optimizer_model
     weights = model.initial_weights
     transform = optax.sgd(0.5)
-    new_weights, _, _ = model.train_step(weights, transform.init(weights.trainable), (x, y),
-                                         optimizer=transform)
+    new_weights, _, _ = model.train_step(
+        weights, transform.init(weights.trainable), (x, y), optimizer=transform
+    )
     grads = jax_grad(model, weights, (x, y))
     expected = {k: weights.trainable[k] - 0.5 * grads[k] for k in grads}
     assert_trees_all_close(new_weights.trainable, expected, rtol=1e-6, atol=1e-7)

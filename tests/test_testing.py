@@ -16,8 +16,12 @@ def test_assert_trees_all_close_accepts_close_trees():
 
 def test_assert_trees_all_close_lists_every_mismatching_leaf():
     actual = {"a": np.zeros(3), "b": np.ones(2), "c": np.array([1, 2]), "d": np.ones(1)}
-    expected = {"a": np.array([0.0, 0.5, 0.0]), "b": np.ones(2), "c": np.array([1, 3]),
-                "d": np.ones(1)}
+    expected = {
+        "a": np.array([0.0, 0.5, 0.0]),
+        "b": np.ones(2),
+        "c": np.array([1, 3]),
+        "d": np.ones(1),
+    }
     with pytest.raises(AssertionError) as info:
         testing.assert_trees_all_close(actual, expected, rtol=0, atol=1e-3)
     message = str(info.value)
@@ -29,7 +33,9 @@ def test_assert_trees_all_close_lists_every_mismatching_leaf():
 def test_assert_trees_all_close_checks_structure_and_shapes_first():
     with pytest.raises(AssertionError, match=r"only in actual:   \[\"\['x'\]\"\]"):
         testing.assert_trees_all_close({"x": 1.0, "y": 2.0}, {"y": 2.0, "z": 1.0})
-    with pytest.raises(AssertionError, match=r"\['w'\]: shape float64\[2\] vs expected float64\[3\]"):
+    with pytest.raises(
+        AssertionError, match=r"\['w'\]: shape float64\[2\] vs expected float64\[3\]"
+    ):
         testing.assert_trees_all_close({"w": np.zeros(2)}, {"w": np.zeros(3)})
 
 
@@ -40,8 +46,15 @@ def test_assert_trees_all_close_nan_only_equals_nan():
 
 
 @pytest.mark.parametrize(
-    "build", [toy_models.mlp, toy_models.cnn, toy_models.multi_io, toy_models.subclassed,
-              toy_models.embedding_lstm, toy_models.nested],
+    "build",
+    [
+        toy_models.mlp,
+        toy_models.cnn,
+        toy_models.multi_io,
+        toy_models.subclassed,
+        toy_models.embedding_lstm,
+        toy_models.nested,
+    ],
 )
 def test_toy_models_are_deterministic_per_seed(build):
     first, second, other = build(seed=1), build(seed=1), build(seed=2)

@@ -23,7 +23,10 @@ def _bias(seed: int, index: int):
 
 def _dense(units: int, seed: int, index: int, **kwargs) -> keras.layers.Dense:
     return keras.layers.Dense(
-        units, kernel_initializer=_glorot(seed, index), bias_initializer=_bias(seed, index), **kwargs
+        units,
+        kernel_initializer=_glorot(seed, index),
+        bias_initializer=_bias(seed, index),
+        **kwargs,
     )
 
 
@@ -48,15 +51,20 @@ def mlp(
     """
     layers = [keras.Input((input_dim,))]
     hidden_layer = _dense(
-        hidden, seed, 0, activation="relu",
+        hidden,
+        seed,
+        0,
+        activation="relu",
         kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
     )
     hidden_layer.trainable = not freeze_first
     layers.append(hidden_layer)
     if batch_norm:
-        layers.append(keras.layers.BatchNormalization(
-            beta_initializer=_bias(seed, 1), gamma_initializer=keras.initializers.Ones()
-        ))
+        layers.append(
+            keras.layers.BatchNormalization(
+                beta_initializer=_bias(seed, 1), gamma_initializer=keras.initializers.Ones()
+            )
+        )
     if dropout is not None:
         layers.append(keras.layers.Dropout(dropout))
     layers.append(_dense(num_classes, seed, 2))
@@ -69,7 +77,11 @@ def cnn(
     """A functional CNN: images float32 [batch, 6, 6, 1], logits [batch, num_classes]."""
     inputs = keras.Input(input_shape)
     h = keras.layers.Conv2D(
-        4, 3, activation="relu", kernel_initializer=_glorot(seed, 0), bias_initializer=_bias(seed, 0)
+        4,
+        3,
+        activation="relu",
+        kernel_initializer=_glorot(seed, 0),
+        bias_initializer=_bias(seed, 0),
     )(inputs)
     h = keras.layers.MaxPooling2D(2)(h)
     h = keras.layers.Flatten()(h)
@@ -87,8 +99,9 @@ def multi_io(*, l2: float = 0.0, seed: int = 0) -> keras.Model:
     a = keras.Input((4,), name="a")
     b = keras.Input((3,), name="b")
     h = keras.layers.Concatenate()([a, b])
-    h = _dense(6, seed, 0, activation="tanh",
-               kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)(h)
+    h = _dense(
+        6, seed, 0, activation="tanh", kernel_regularizer=keras.regularizers.L2(l2) if l2 else None
+    )(h)
     cls = _dense(_NUM_CLASSES, seed, 1, name="cls")(h)
     reg = _dense(1, seed, 2, name="reg")(h)
     return keras.Model({"a": a, "b": b}, {"cls": cls, "reg": reg})
@@ -103,8 +116,14 @@ class SubclassedMLP(keras.Model):
     is the same model with the argument spelled out.)
     """
 
-    def __init__(self, hidden: int = 8, num_classes: int = _NUM_CLASSES, dropout: float = 0.0,
-                 seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        hidden: int = 8,
+        num_classes: int = _NUM_CLASSES,
+        dropout: float = 0.0,
+        seed: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.hidden, self.num_classes, self.dropout, self.seed = hidden, num_classes, dropout, seed
         self.dense_in = _dense(hidden, seed, 0, activation="relu")
@@ -116,8 +135,13 @@ class SubclassedMLP(keras.Model):
         return self.dense_out(self.drop(self.norm(self.dense_in(x))))
 
     def get_config(self):
-        return {"hidden": self.hidden, "num_classes": self.num_classes,
-                "dropout": self.dropout, "seed": self.seed, "name": self.name}
+        return {
+            "hidden": self.hidden,
+            "num_classes": self.num_classes,
+            "dropout": self.dropout,
+            "seed": self.seed,
+            "name": self.name,
+        }
 
 
 class SubclassedMLPWithTraining(SubclassedMLP):
@@ -147,18 +171,21 @@ def embedding_lstm(
     vocab_size: int = 10, sequence_length: int = 5, num_classes: int = 2, *, seed: int = 0
 ) -> keras.Model:
     """Embedding + LSTM classifier: int32 tokens [batch, sequence_length], logits [batch, 2]."""
-    return keras.Sequential([
-        keras.Input((sequence_length,), dtype="int32"),
-        keras.layers.Embedding(
-            vocab_size, 4, embeddings_initializer=keras.initializers.RandomUniform(seed=seed)
-        ),
-        keras.layers.LSTM(
-            6, kernel_initializer=_glorot(seed, 0),
-            recurrent_initializer=keras.initializers.Orthogonal(seed=seed),
-            bias_initializer=_bias(seed, 0),
-        ),
-        _dense(num_classes, seed, 1),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((sequence_length,), dtype="int32"),
+            keras.layers.Embedding(
+                vocab_size, 4, embeddings_initializer=keras.initializers.RandomUniform(seed=seed)
+            ),
+            keras.layers.LSTM(
+                6,
+                kernel_initializer=_glorot(seed, 0),
+                recurrent_initializer=keras.initializers.Orthogonal(seed=seed),
+                bias_initializer=_bias(seed, 0),
+            ),
+            _dense(num_classes, seed, 1),
+        ]
+    )
 
 
 def nested(input_dim: int = 4, *, seed: int = 0) -> keras.Model:
