@@ -79,6 +79,12 @@ class ClientStateStore:
             indices.append(rows[cid])
         size = len(rows)
         xp = self._xp()
+        index = np.asarray(indices, np.int64)
+        # An id given twice keeps its last value: JAX leaves the order of updates to
+        # a repeated index unspecified (GPUs apply them in any order), so drop the
+        # earlier ones on the host.
+        _, from_end = np.unique(index[::-1], return_index=True)
+        last = None if len(from_end) == len(index) else np.sort(len(index) - 1 - from_end)
 
         def put(table, new):
             grown = table
@@ -86,12 +92,14 @@ class ClientStateStore:
                 capacity = max(size, 2 * table.shape[0], 8)
                 pad = xp.zeros((capacity - table.shape[0],) + table.shape[1:], table.dtype)
                 grown = xp.concatenate([table, pad])
-            index = np.asarray(indices, np.int64)
+            rows_at, new_rows = index, new
+            if last is not None:
+                rows_at, new_rows = index[last], xp.asarray(new)[last]
             if xp is np:
                 grown = grown.copy() if grown is table else grown
-                grown[index] = np.asarray(new)
+                grown[rows_at] = np.asarray(new_rows)
                 return grown
-            return grown.at[index].set(jnp.asarray(new))
+            return grown.at[rows_at].set(jnp.asarray(new_rows))
 
         table = jax.tree.map(put, self._table, values)
         return ClientStateStore(self.default, self.placement, rows, table)
