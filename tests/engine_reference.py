@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from fedjax_keras import from_keras_model
-from fedjax_keras.client import client_key, step_key
+from fedjax_keras.client import client_key, round_key, step_key
 from fedjax_keras.data import FederatedData, plan_cohort
 from fedjax_keras.models import ModelWeights
 from fedjax_keras.optimizers import from_optax
@@ -51,7 +51,7 @@ def make_clients(sizes, x_shape=(4,), *, seed=0, ids=None) -> FederatedData:
 # ------------------------------------------------------------------ batches, keys
 def round_seeds(seed: int, round_num: int):
     """(shuffle seed for plan_cohort, round key) of round ``round_num``; as the engine derives them."""
-    return seed * 2**32 + round_num, jax.random.fold_in(jax.random.PRNGKey(seed), round_num)
+    return seed * 2**32 + round_num, round_key(np.array([seed, round_num], np.uint32))
 
 
 def planned_batches(cohort: FederatedData, position: int, *, batch_size, epochs, shuffle, seed):

@@ -26,7 +26,7 @@ import numpy as np
 
 from fedjax_keras.aggregation import Accumulator, ClientOutput, init_accumulator
 from fedjax_keras.client import Chunk, ChunkRunner, ClientBatchArrays, ClientProgram, ClientStateStore
-from fedjax_keras.client._runners import choose_mode, default_mode
+from fedjax_keras.client._runners import _chunk_data, choose_mode, default_mode
 from fedjax_keras.data import FederatedData, plan_cohort
 from fedjax_keras.models import Model, ModelWeights
 
@@ -154,6 +154,8 @@ class FederatedProcess:
         client_state_placement: str,
         population_size: int | None,
         group_size: int = 2,
+        data_placement: str = "auto",
+        device_data_limit: int | None = None,
     ):
         if runner not in RUNNERS:
             raise ValueError(f"runner must be one of {RUNNERS}; received {runner!r}.")
@@ -176,6 +178,15 @@ class FederatedProcess:
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be a positive int; received {group_size!r}.")
         self.group_size = group_size
+        if data_placement not in ("auto", "device", "host"):
+            raise ValueError(
+                f"data_placement must be 'auto', 'device' or 'host'; received {data_placement!r}."
+            )
+        self.data_placement = data_placement
+        # On a CPU the "device" copy is a second copy in host memory: keep it small.
+        default_limit = 256 * 2**20 if jax.default_backend() == "cpu" else 4 * 2**30
+        self.device_data_limit = default_limit if device_data_limit is None else device_data_limit
+        self._source_cache = None
         self._runners: dict[str, ChunkRunner] = {}
         self.runner_timings: dict[str, float] = {}
         self.mode: str | None = None if runner in ("auto", "timed") else runner
@@ -230,11 +241,33 @@ class FederatedProcess:
             )
         return self._runners[mode]
 
-    def _accumulator(self, broadcast, chunk: Chunk) -> Accumulator:
+    def _device_source(self, source: dict):
+        """The cohort's source arrays on the device, or None to batch on the host.
+
+        Keeping the population on the device (transferred once, then reused for
+        every cohort sampled from it) means a round moves only row indices;
+        sources larger than `device_data_limit` bytes are batched on the host.
+        """
+        leaves = jax.tree.leaves(source)
+        key = tuple((id(leaf), leaf.shape) for leaf in leaves)
+        if self._source_cache is not None and self._source_cache[0] == key:
+            return self._source_cache[1]
+        size = sum(leaf.nbytes for leaf in leaves)
+        if self.data_placement == "host" or (
+            self.data_placement == "auto" and size > self.device_data_limit
+        ):
+            return None
+        on_device = jax.device_put(source)
+        # Keep the host arrays referenced too, so `id` stays unique while cached.
+        self._source_cache = (key, on_device, source)
+        return on_device
+
+    def _accumulator(self, broadcast, chunk: Chunk, source) -> Accumulator:
         if self._zero_acc is None:
-            one = jax.tree.map(lambda a: a[0], chunk)
+            data = _chunk_data(chunk, source)
+            one = jax.tree.map(lambda a: a[0], (data, chunk.client_state))
             example = jax.eval_shape(
-                self.spec.program.run, broadcast, one.data, jax.random.PRNGKey(0), one.client_state
+                self.spec.program.run, broadcast, one[0], jax.random.PRNGKey(0), one[1]
             )
             self._zero_acc = init_accumulator(
                 jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
@@ -268,32 +301,41 @@ class FederatedProcess:
             chunk_size=self.chunk_size,
             step_buckets=self.step_buckets,
         )
-        round_key = jax.random.fold_in(jax.random.PRNGKey(seed), round_num)
+        seed_and_round = np.array([seed % 2**32, round_num % 2**32], np.uint32)
         broadcast = Broadcast(state.model, state.extra)
         key_ids = client_key_ids(cohort.client_ids)
         ids = cohort.client_ids
         store = state.client_states
+        source = self._device_source(plan.source)
         acc = None
-        for batches in plan.chunks():
+        for index in range(plan.num_chunks):
+            if source is None:
+                batches = plan.chunk(index)
+                data, rows = ClientBatchArrays(batches.x, batches.y, batches.mask), None
+            else:
+                batches = plan.chunk_rows(index)
+                data, rows = ClientBatchArrays(None, None, batches.mask), batches.rows
             positions = np.asarray(batches.client_positions)
             valid = positions >= 0
             chunk_ids = [ids[p] for p in positions[valid]]
             client_state = ()
             if store is not None:
-                rows = store.gather(chunk_ids)
-                client_state = _pad_rows(rows, valid)
-            chunk = jax.device_put(
-                Chunk(
-                    ClientBatchArrays(batches.x, batches.y, batches.mask),
-                    positions.astype(np.int32),
-                    np.where(valid, key_ids[np.maximum(positions, 0)], 0).astype(np.int32),
-                    valid,
-                    client_state,
-                )
+                client_state = _pad_rows(store.gather(chunk_ids), valid)
+            chunk = Chunk(
+                data,
+                rows,
+                positions.astype(np.int32),
+                np.where(valid, key_ids[np.maximum(positions, 0)], 0).astype(np.int32),
+                valid,
+                client_state,
             )
+            if self.mode != "vmap":
+                # Host-driven runners call many programs on one chunk: move it once.
+                # A single vmapped call takes numpy arguments on jit's fast path.
+                chunk = jax.device_put(chunk)
             if acc is None:
-                acc = self._accumulator(broadcast, chunk)
-            args = (acc, broadcast, chunk, round_key, valid, np.asarray(batches.num_steps))
+                acc = self._accumulator(broadcast, chunk, source)
+            args = (acc, broadcast, chunk, source, seed_and_round, valid, np.asarray(batches.num_steps))
             if self.mode is None:
                 self.mode, self.runner_timings = self._choose_mode(args)
             acc, new_states = self._runner_for(self.mode)(*args)

@@ -10,4 +10,5 @@ from fedjax_keras.client._local_update import training_step as training_step
 from fedjax_keras.client._runners import MODES as MODES
 from fedjax_keras.client._runners import Chunk as Chunk
 from fedjax_keras.client._runners import ChunkRunner as ChunkRunner
+from fedjax_keras.client._runners import round_key as round_key
 from fedjax_keras.client._state_store import ClientStateStore as ClientStateStore

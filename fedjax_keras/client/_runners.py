@@ -31,7 +31,10 @@ class Chunk(NamedTuple):
     """A chunk of clients on the device; every leaf has a leading [clients] axis.
 
     Attributes:
-      data: `ClientBatchArrays` with leaves [clients, steps, batch, ...].
+      data: `ClientBatchArrays` with leaves [clients, steps, batch, ...]; when
+        ``rows`` is given, its ``x`` and ``y`` are None and the examples are
+        gathered on the device from the source arrays passed to the runner.
+      rows: int32 [clients, steps, batch] source rows of every slot, or None.
       positions: int32 [clients], position in the cohort (-1 for padding clients).
       key_ids: int32 [clients], integer client ids folded into each client's key.
       valid: bool [clients], False for padding clients.
@@ -39,10 +42,44 @@ class Chunk(NamedTuple):
     """
 
     data: ClientBatchArrays
+    rows: Any
     positions: jax.Array
     key_ids: jax.Array
     valid: jax.Array
     client_state: Any
+
+
+def round_key(seed_and_round) -> jax.Array:
+    """The key of a round from uint32 [2] ``(seed, round)``, computed inside the programs."""
+    base = jax.random.fold_in(jax.random.PRNGKey(0), seed_and_round[0])
+    return jax.random.fold_in(base, seed_and_round[1])
+
+
+def _gather(source, rows, mask):
+    """Examples of ``rows`` from the device-resident ``source``; padding slots are zeros."""
+
+    def one(leaf):
+        taken = jnp.take(leaf, rows, axis=0)
+        keep = mask.reshape(mask.shape + (1,) * (taken.ndim - mask.ndim))
+        return jnp.where(keep, taken, jnp.zeros((), taken.dtype))
+
+    return jax.tree.map(one, source["x"]), jax.tree.map(one, source["y"])
+
+
+def _chunk_data(chunk: Chunk, source) -> ClientBatchArrays:
+    if chunk.rows is None:
+        return chunk.data
+    x, y = _gather(source, chunk.rows, chunk.data.mask)
+    return ClientBatchArrays(x, y, chunk.data.mask)
+
+
+def _step_batch(chunk: Chunk, source, client, step) -> dict:
+    mask = _take(_take(chunk.data.mask, client), step)
+    if chunk.rows is None:
+        data = _take(_take(chunk.data, client), step)
+        return {"x": data.x, "y": data.y, "mask": mask}
+    x, y = _gather(source, _take(_take(chunk.rows, client), step), mask)
+    return {"x": x, "y": y, "mask": mask}
 
 
 def _keep_or_old(keep, new, old):
@@ -78,10 +115,12 @@ class ChunkRunner:
         self._finish = jax.jit(self._finish_group)
 
     # ------------------------------------------------------------------ vmap
-    def _run_vmapped(self, acc, broadcast, chunk: Chunk, round_key):
-        keys = jax.vmap(client_key, in_axes=(None, 0, 0))(round_key, chunk.positions, chunk.key_ids)
+    def _run_vmapped(self, acc, broadcast, chunk: Chunk, source, seed_and_round):
+        keys = jax.vmap(client_key, in_axes=(None, 0, 0))(
+            round_key(seed_and_round), chunk.positions, chunk.key_ids
+        )
         outputs = jax.vmap(self._program.run, in_axes=(None, 0, 0, 0))(
-            broadcast, chunk.data, keys, chunk.client_state
+            broadcast, _chunk_data(chunk, source), keys, chunk.client_state
         )
         acc, keep = accumulate(acc, outputs, chunk.valid, self._merge)
         return acc, _keep_or_old(keep, outputs.client_state, chunk.client_state)
@@ -92,12 +131,13 @@ class ChunkRunner:
             self._program.start(broadcast, _take(chunk.client_state, i)) for i in indices
         )
 
-    def _step_group(self, carries, broadcast, chunk: Chunk, indices, step, round_key):
+    def _step_group(self, carries, broadcast, chunk: Chunk, source, indices, step, seed_and_round):
         new = []
         for carry, i in zip(carries, indices):
-            data = _take(_take(chunk.data, i), step)
-            batch = {"x": data.x, "y": data.y, "mask": data.mask}
-            key = step_key(client_key(round_key, chunk.positions[i], chunk.key_ids[i]), step)
+            batch = _step_batch(chunk, source, i, step)
+            key = step_key(
+                client_key(round_key(seed_and_round), chunk.positions[i], chunk.key_ids[i]), step
+            )
             new.append(self._program.step(carry, batch, key, broadcast, _take(chunk.client_state, i)))
         return tuple(new)
 
@@ -112,7 +152,7 @@ class ChunkRunner:
         acc, keep = accumulate(acc, stacked, valid, self._merge)
         return acc, _keep_or_old(keep, stacked.client_state, old_states)
 
-    def _run_stepwise(self, acc, broadcast, chunk: Chunk, round_key, host_valid, host_steps):
+    def _run_stepwise(self, acc, broadcast, chunk: Chunk, source, seed_and_round, host_valid, host_steps):
         real = np.flatnonzero(host_valid)
         group_states = []
         for begin in range(0, len(real), self.group_size):
@@ -122,7 +162,9 @@ class ChunkRunner:
             indices = tuple(jnp.int32(i) for i in padded)
             carries = self._start(broadcast, chunk, indices)
             for step in range(int(host_steps[members].max(initial=0))):
-                carries = self._step(carries, broadcast, chunk, indices, jnp.int32(step), round_key)
+                carries = self._step(
+                    carries, broadcast, chunk, source, indices, jnp.int32(step), seed_and_round
+                )
             in_group = np.arange(self.group_size) < len(members)
             acc, states = self._finish(acc, carries, broadcast, chunk, indices, in_group)
             group_states.append(jax.tree.map(lambda a: a[: len(members)], states))
@@ -140,20 +182,25 @@ class ChunkRunner:
             chunk.client_state,
         )
 
-    def __call__(self, acc: Accumulator, broadcast, chunk: Chunk, round_key, host_valid, host_steps):
+    def __call__(
+        self, acc: Accumulator, broadcast, chunk: Chunk, source, seed_and_round, host_valid, host_steps
+    ):
         """Runs one chunk.
 
         Args:
           acc: running sums.
           broadcast: what every client receives (server weights, ...).
           chunk: the chunk on device.
-          round_key: the round's key.
+          source: ``{'x', 'y'}`` device arrays that ``chunk.rows`` index, or None.
+          seed_and_round: uint32 [2], the run's seed and the round number.
           host_valid: bool [clients] on the host, False for padding clients.
           host_steps: int [clients] on the host, each client's real step count.
         """
         if self.mode == "vmap":
-            return self._vmapped(acc, broadcast, chunk, round_key)
-        return self._run_stepwise(acc, broadcast, chunk, round_key, host_valid, host_steps)
+            return self._vmapped(acc, broadcast, chunk, source, seed_and_round)
+        return self._run_stepwise(
+            acc, broadcast, chunk, source, seed_and_round, host_valid, host_steps
+        )
 
 
 def default_mode(has_convolutions: bool) -> str:

@@ -1,5 +1,6 @@
 """Federated data: the client container, cohort sampling, and padded batching."""
 
+from ._batching import ChunkRows as ChunkRows
 from ._batching import ClientBatches as ClientBatches
 from ._batching import CohortPlan as CohortPlan
 from ._batching import plan_cohort as plan_cohort

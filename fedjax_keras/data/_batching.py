@@ -74,6 +74,24 @@ class ClientBatches(NamedTuple):
     num_steps: np.ndarray
 
 
+class ChunkRows(NamedTuple):
+    """One chunk as indices into the cohort's source arrays (for gathering on a device).
+
+    Attributes:
+      rows: int32 [clients, steps, batch]; the source row of every slot, 0 for padding.
+      mask: bool [clients, steps, batch]; False marks padding.
+      client_positions: int32 [clients]; position in the cohort, -1 for a dummy client.
+      num_examples: int32 [clients].
+      num_steps: int32 [clients].
+    """
+
+    rows: np.ndarray
+    mask: np.ndarray
+    client_positions: np.ndarray
+    num_examples: np.ndarray
+    num_steps: np.ndarray
+
+
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class CohortPlan:
     """Where every example of a cohort goes; built by `plan_cohort`.
@@ -137,6 +155,25 @@ class CohortPlan:
         """Yields every chunk's `ClientBatches`, one at a time."""
         for index in range(self.num_chunks):
             yield self.chunk(index)
+
+    @property
+    def source(self) -> dict:
+        """The arrays `chunk_rows` indexes (the cohort's `FederatedData.source_rows`)."""
+        return self._examples
+
+    def chunk_rows(self, index: int) -> ChunkRows:
+        """Chunk ``index`` as row indices into `source`, without gathering any example."""
+        j = operator.index(index)
+        shape = (self.chunk_size, int(self.chunk_steps[j]), self.batch_size)
+        s0, s1 = self._slot_bounds[j], self._slot_bounds[j + 1]
+        positions, num_examples, num_steps = self._per_client[:, j]
+        return ChunkRows(
+            self._index_of_slot[s0:s1].astype(np.int32).reshape(shape),
+            self._mask[s0:s1].reshape(shape),
+            positions,
+            num_examples,
+            num_steps,
+        )
 
     def chunk(self, index: int) -> ClientBatches:
         """Materialises chunk ``index``: arrays [chunk_size, chunk_steps[index], batch_size, ...]."""
@@ -238,7 +275,8 @@ def plan_cohort(
     np.cumsum(k * b * chunk_steps, out=slot_bounds[1:])
     slot_base = slot_bounds[:-1, None] + np.arange(k) * (chunk_steps * b)[:, None]
     slot_base = slot_base.reshape(-1)[:c]
-    row_base = cohort.client_offsets[order]
+    source, starts = cohort.source_rows
+    row_base = starts[order]
     seg_len = sizes[order]
     if e > 1:
         epoch_slots = np.arange(e) * (steps_per_epoch[order] * b)[:, None]
@@ -268,7 +306,7 @@ def plan_cohort(
         chunk_steps=chunk_steps,
         client_num_examples=sizes,
         client_num_steps=steps,
-        _examples=cohort.examples,
+        _examples=source,
         _rows=rows,
         _slots=slots,
         _bounds=bounds,

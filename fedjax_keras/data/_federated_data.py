@@ -8,7 +8,6 @@ batching single vectorised gathers, with no per-client Python loop.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import operator
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -22,7 +21,6 @@ from jax import tree_util
 _FLOOR_TOLERANCE = 1e-9
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
 class FederatedData:
     """Immutable container of many clients' examples with ragged sizes.
 
@@ -49,33 +47,72 @@ class FederatedData:
       ('b', 'c')
     """
 
-    examples: dict
-    client_offsets: np.ndarray
-    client_ids: tuple = None  # type: ignore[assignment]  # None means 0..C-1.
-
-    def __post_init__(self):
-        if not isinstance(self.examples, Mapping):
+    def __init__(self, examples: dict, client_offsets: Any, client_ids: Any = None):
+        if not isinstance(examples, Mapping):
             raise TypeError(
-                "examples must be a dict {'x': ..., 'y': ...}, got "
-                f"{type(self.examples).__name__}."
+                f"examples must be a dict {{'x': ..., 'y': ...}}, got {type(examples).__name__}."
             )
-        _check_xy_keys(self.examples, "examples")
-        x = _as_leaf_arrays(self.examples["x"], "x")
-        y = _as_leaf_arrays(self.examples["y"], "y")
+        _check_xy_keys(examples, "examples")
+        x = _as_leaf_arrays(examples["x"], "x")
+        y = _as_leaf_arrays(examples["y"], "y")
         n = _common_leading_dim(x, y)
-        offsets = _check_offsets(self.client_offsets, n)
-        ids = _check_ids(self.client_ids, len(offsets) - 1)
-        object.__setattr__(self, "examples", {"x": x, "y": y})
-        object.__setattr__(self, "client_offsets", offsets)
-        object.__setattr__(self, "client_ids", ids)
+        offsets = _check_offsets(client_offsets, n)
+        ids = _check_ids(client_ids, len(offsets) - 1)
+        self._init({"x": x, "y": y}, offsets, ids, None, None)
+
+    def _init(self, examples, client_offsets, client_ids, source, starts) -> None:
+        # A subset is a view: it keeps the population's arrays (`source`) and each
+        # client's first row there (`starts`), and copies its own rows only when
+        # `examples` is read. Batching reads the source directly, so sampling a
+        # cohort costs O(clients), not O(examples).
+        if source is None:
+            source, starts = examples, client_offsets[:-1]
+        object.__setattr__(self, "_examples", examples)
+        object.__setattr__(self, "client_offsets", client_offsets)
+        object.__setattr__(self, "client_ids", client_ids)
+        object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_starts", starts)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"FederatedData is immutable; cannot set {name!r}.")
+
+    @property
+    def examples(self) -> dict:
+        """``{'x': ..., 'y': ...}``, leaves [N, ...] (read-only)."""
+        if self._examples is None:
+            rows = np.arange(self.client_offsets[-1], dtype=np.int64)
+            rows += np.repeat(self._starts - self.client_offsets[:-1], self.client_sizes)
+            object.__setattr__(self, "_examples", _take_rows(self._source, rows))
+            object.__setattr__(self, "_examples", tree_util.tree_map(_read_only, self._examples))
+        return self._examples
+
+    @property
+    def source_rows(self) -> tuple[dict, np.ndarray]:
+        """``(source, starts)``: arrays holding the clients' rows and each client's first row.
+
+        For data built from arrays, ``source`` is `examples` and ``starts`` is
+        ``client_offsets[:-1]``; for a subset, ``source`` is the population's
+        arrays, so no example is copied. Client ``c`` owns
+        ``source[starts[c] : starts[c] + client_sizes[c]]``.
+        """
+        return self._source, self._starts
 
     @classmethod
     def _unchecked(cls, examples: dict, client_offsets: np.ndarray, client_ids: tuple):
         """Builds from parts already known valid (subset, split): skips validation."""
         data = object.__new__(cls)
-        object.__setattr__(data, "examples", tree_util.tree_map(_read_only, examples))
-        object.__setattr__(data, "client_offsets", _read_only(client_offsets))
-        object.__setattr__(data, "client_ids", client_ids)
+        data._init(
+            tree_util.tree_map(_read_only, examples), _read_only(client_offsets), client_ids,
+            None, None,
+        )
+        return data
+
+    @classmethod
+    def _view(cls, source: dict, starts: np.ndarray, sizes: np.ndarray, client_ids: tuple):
+        data = object.__new__(cls)
+        offsets = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        data._init(None, _read_only(offsets), client_ids, source, _read_only(starts))
         return data
 
     # -- Constructors -------------------------------------------------------------------
@@ -226,8 +263,9 @@ class FederatedData:
         if not -c <= p < c:
             raise IndexError(f"position must be in [-{c}, {c}) for {c} clients, got {position!r}.")
         p %= c
-        start, stop = int(self.client_offsets[p]), int(self.client_offsets[p + 1])
-        return tree_util.tree_map(lambda a: a[start:stop], self.examples)
+        start = int(self._starts[p])
+        stop = start + int(self.client_offsets[p + 1] - self.client_offsets[p])
+        return tree_util.tree_map(lambda a: a[start:stop], self._source)
 
     def client_by_id(self, client_id: Hashable) -> dict:
         """Returns the examples of the client named ``client_id`` (views).
@@ -256,20 +294,17 @@ class FederatedData:
           positions: int [K], each in [0, C).
 
         Returns:
-          FederatedData with K clients; its arrays are fresh copies (one gather per leaf).
+          FederatedData with K clients: a view on this data's arrays (no example is
+          copied until its `examples` are read).
 
         Raises:
           TypeError: if positions are not integers.
           ValueError: if positions is not 1-D or a position is out of range.
         """
         pos = _check_positions(positions, self.num_clients)
-        sizes = self.client_sizes[pos]
-        offsets = np.zeros(len(pos) + 1, np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        rows = np.arange(offsets[-1], dtype=np.int64)
-        rows += np.repeat(self.client_offsets[pos] - offsets[:-1], sizes)
-        examples = _take_rows(self.examples, rows)
-        return FederatedData._unchecked(examples, offsets, self._subset_ids(pos))
+        return FederatedData._view(
+            self._source, self._starts[pos], self.client_sizes[pos], self._subset_ids(pos)
+        )
 
     def _subset_ids(self, pos: np.ndarray) -> tuple:
         ids = self._id_array[pos]
