@@ -59,6 +59,9 @@ def _gather(source, rows, mask):
     """Examples of ``rows`` from the device-resident ``source``; padding slots are zeros."""
 
     def one(leaf):
+        if leaf.shape[0] == 0:
+            # A cohort without examples: every slot is padding (jnp.take rejects an empty axis).
+            return jnp.zeros(rows.shape + leaf.shape[1:], leaf.dtype)
         taken = jnp.take(leaf, rows, axis=0)
         keep = mask.reshape(mask.shape + (1,) * (taken.ndim - mask.ndim))
         return jnp.where(keep, taken, jnp.zeros((), taken.dtype))
