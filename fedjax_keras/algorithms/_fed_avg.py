@@ -6,10 +6,9 @@ Federated Optimization", ICLR 2021, arXiv:2003.00295 (FedAdam, FedYogi,
 FedAdagrad: pass the optimizer as ``server_optimizer``).
 """
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
+import optax
 
 from fedjax_keras.aggregation import ClientOutput, weighted_mean
 from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
@@ -117,81 +116,50 @@ def fed_avg_spec(
     )
 
 
-def _process(model: Model, spec: AlgorithmSpec, **options: Any) -> FederatedProcess:
-    return FederatedProcess(model, spec, **options)
-
-
-_ENGINE_DOC = """
-    Engine options (all algorithms):
-      batch_size: examples per local step.
-      epochs: local epochs per round.
-      shuffle: shuffle each client's data every epoch (seeded by the state).
-      chunk_size: clients run together in one compiled call; None runs the
-        whole cohort at once. Peak memory grows with it, not with the cohort.
-      step_buckets: how chunk step counts are rounded ('pow2', 'exact' or a
-        list of allowed counts); fewer distinct values mean fewer compilations.
-      runner: 'auto' (vmap, or one client per call for convolutions on a CPU),
-        'timed' (time vmap and sequential on the first chunk, keep the faster),
-        or force 'vmap', 'unroll' or 'sequential'. All give the same numbers.
-      client_state_placement: 'device' or 'host' table of per-client state.
-"""
-
-
-def _engine_options(
-    batch_size, epochs, shuffle, chunk_size, step_buckets, runner, client_state_placement,
-    population_size=None,
-):
-    return dict(
-        batch_size=batch_size,
-        epochs=epochs,
-        shuffle=shuffle,
-        chunk_size=chunk_size,
-        step_buckets=step_buckets,
-        runner=runner,
-        client_state_placement=client_state_placement,
-        population_size=population_size,
-    )
-
-
 def build_weighted_fed_avg(
     model: Model,
     client_optimizer,
     server_optimizer=None,
     *,
-    batch_size: int = 20,
-    epochs: int = 1,
-    shuffle: bool = True,
     non_trainable: str = "broadcast",
-    chunk_size: int | None = None,
-    step_buckets="pow2",
-    runner: str = "auto",
-    client_state_placement: str = "device",
+    **engine_options,
 ) -> FederatedProcess:
     """FedAvg with client updates weighted by their number of examples (TFF's name).
 
+    McMahan et al. 2017, arXiv:1602.05629; with an adaptive ``server_optimizer``
+    it is FedOpt (FedAdam, FedYogi, FedAdagrad; Reddi et al. 2021, arXiv:2003.00295).
+
     Args:
       model: from `fedjax_keras.from_keras_model`.
-      client_optimizer: optax transform, Keras optimizer, or zero-argument callable.
-      server_optimizer: applied to the pseudo-gradient ``-mean(delta)``; default
-        ``optax.sgd(1.0)`` (plain averaging). An adaptive optimizer gives
-        FedAdam / FedYogi / FedAdagrad (arXiv:2003.00295).
-      non_trainable: 'broadcast', 'average' or 'per_client' (FedBN).
+      client_optimizer: optax transform, Keras optimizer, or zero-argument
+        callable returning one (TFF's ``client_optimizer_fn``).
+      server_optimizer: applied to the pseudo-gradient ``-mean(client delta)``;
+        default ``optax.sgd(1.0)`` (plain averaging).
+      non_trainable: what happens to non-trainable weights (BatchNorm
+        statistics): 'broadcast' (sent to clients, kept unchanged on the
+        server: TFF's behaviour), 'average' (weighted mean of the clients' final
+        values) or 'per_client' (each client keeps its own: FedBN).
+      **engine_options: see `FederatedProcess`:
+        ``batch_size`` (20), ``epochs`` (1), ``shuffle`` (True), ``chunk_size``,
+        ``step_buckets``, ``runner``, ``group_size``, ``data_placement``,
+        ``device_data_limit``, ``client_state_placement``.
 
     Returns:
-      A `FederatedProcess`.
+      A `FederatedProcess` with ``initialize(seed)`` and ``next(state, cohort)``.
 
     Example:
       >>> process = build_weighted_fed_avg(model, client_optimizer=optax.sgd(0.05),
-      ...                                  server_optimizer=optax.sgd(1.0), batch_size=20)
-      >>> state = process.initialize(seed=0)                      # doctest: +SKIP
-      >>> out = process.next(state, data.sample_clients(20, seed=0))  # doctest: +SKIP
+      ...     server_optimizer=optax.sgd(1.0), batch_size=20, epochs=1, shuffle=True)
+      >>> state = process.initialize(seed=0)
+      >>> out = process.next(state, data.sample_clients(5, seed=0))
+      >>> sorted(out.metrics)[:3]
+      ['loss', 'num_clients', 'num_dropped_clients']
     """
     spec = fed_avg_spec(
-        model, client_optimizer, _default_server(server_optimizer),
+        model, client_optimizer, default_server_optimizer(server_optimizer),
         weighting="num_examples", non_trainable=non_trainable, name="weighted_fed_avg",
     )
-    return _process(model, spec, **_engine_options(
-        batch_size, epochs, shuffle, chunk_size, step_buckets, runner, client_state_placement))
+    return FederatedProcess(model, spec, **engine_options)
 
 
 def build_unweighted_fed_avg(
@@ -199,33 +167,20 @@ def build_unweighted_fed_avg(
     client_optimizer,
     server_optimizer=None,
     *,
-    batch_size: int = 20,
-    epochs: int = 1,
-    shuffle: bool = True,
     non_trainable: str = "broadcast",
-    chunk_size: int | None = None,
-    step_buckets="pow2",
-    runner: str = "auto",
-    client_state_placement: str = "device",
+    **engine_options,
 ) -> FederatedProcess:
-    """FedAvg with every client (with at least one example) weighted equally.
+    """FedAvg with every client that has examples weighted equally.
 
     Same arguments as `build_weighted_fed_avg`.
     """
     spec = fed_avg_spec(
-        model, client_optimizer, _default_server(server_optimizer),
+        model, client_optimizer, default_server_optimizer(server_optimizer),
         weighting="uniform", non_trainable=non_trainable, name="unweighted_fed_avg",
     )
-    return _process(model, spec, **_engine_options(
-        batch_size, epochs, shuffle, chunk_size, step_buckets, runner, client_state_placement))
+    return FederatedProcess(model, spec, **engine_options)
 
 
-def _default_server(server_optimizer):
-    if server_optimizer is None:
-        import optax
-
-        return optax.sgd(1.0)
-    return server_optimizer
-
-
-build_weighted_fed_avg.__doc__ += _ENGINE_DOC
+def default_server_optimizer(server_optimizer):
+    """``optax.sgd(1.0)`` (the server takes the clients' mean) when none is given."""
+    return optax.sgd(1.0) if server_optimizer is None else server_optimizer

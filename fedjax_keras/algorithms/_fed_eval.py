@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_keras.aggregation import ClientOutput
-from fedjax_keras.algorithms._fed_prox import _with_defaults
 from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
 from fedjax_keras.client import ClientProgram
 from fedjax_keras.models import Model
@@ -30,9 +29,9 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
       A `FederatedProcess`; its round metrics are ``loss``, the model's metrics,
       ``num_examples`` and ``num_clients``.
     """
-    options = _with_defaults({"shuffle": False, **engine_options})
-    if options["epochs"] != 1:
-        raise ValueError(f"Evaluation reads each example once; epochs must be 1, not {options['epochs']}.")
+    options = {"shuffle": False, **engine_options}
+    if options.get("epochs", 1) != 1:
+        raise ValueError(f"Evaluation reads each example once; epochs must be 1, not {options.get('epochs')}.")
 
     def start(broadcast, client_state):
         return (model.init_metrics(), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))

@@ -7,7 +7,7 @@ with ``mu = 0`` it is exactly FedAvg.
 
 import jax
 
-from fedjax_keras.algorithms._fed_avg import _default_server, fed_avg_spec
+from fedjax_keras.algorithms._fed_avg import default_server_optimizer, fed_avg_spec
 from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.models import Model
 
@@ -43,20 +43,7 @@ def build_fed_prox(
         )
 
     spec = fed_avg_spec(
-        model, client_optimizer, _default_server(server_optimizer), weighting=weighting,
+        model, client_optimizer, default_server_optimizer(server_optimizer), weighting=weighting,
         non_trainable=non_trainable, grad_correction=proximal, name="fed_prox",
     )
-    return FederatedProcess(model, spec, **_with_defaults(engine_options))
-
-
-def _with_defaults(options: dict) -> dict:
-    defaults = dict(
-        batch_size=20, epochs=1, shuffle=True, chunk_size=None, step_buckets="pow2",
-        runner="auto", client_state_placement="device", population_size=None,
-    )
-    unknown = set(options) - set(defaults)
-    if unknown:
-        raise TypeError(
-            f"Unknown engine options {sorted(unknown)!r}; expected some of {sorted(defaults)!r}."
-        )
-    return {**defaults, **options}
+    return FederatedProcess(model, spec, **engine_options)

@@ -16,7 +16,6 @@ from fedjax_keras.algorithms._fed_avg import (
     apply_pseudo_gradient,
     client_weight,
 )
-from fedjax_keras.algorithms._fed_prox import _with_defaults
 from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
 from fedjax_keras.client import ClientProgram
 from fedjax_keras.models import Model, ModelWeights
@@ -41,9 +40,9 @@ def build_fed_sgd(
     import optax
 
     _check_choice(weighting, WEIGHTINGS, "weighting")
-    options = _with_defaults({"shuffle": False, **engine_options})
-    if options["epochs"] != 1:
-        raise ValueError(f"FedSGD computes one gradient per client; epochs must be 1, not {options['epochs']}.")
+    options = {"shuffle": False, **engine_options}
+    if options.get("epochs", 1) != 1:
+        raise ValueError(f"FedSGD computes one gradient per client; epochs must be 1, not {options.get('epochs')}.")
     template = model.initial_weights.trainable
     server_opt = as_optimizer(
         optax.sgd(0.1) if server_optimizer is None else server_optimizer, template,

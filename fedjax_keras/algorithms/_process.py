@@ -136,8 +136,30 @@ def _to_host_metrics(metrics: dict) -> dict:
 class FederatedProcess:
     """A federated training process: ``initialize(seed)`` and ``next(state, cohort)``.
 
-    Built by the `build_*` functions of `fedjax_keras.algorithms`; not meant to
-    be constructed directly.
+    Built by the `build_*` functions of `fedjax_keras.algorithms`, which pass
+    these engine options through (all keyword-only):
+
+    - ``batch_size`` (20): examples per local step.
+    - ``epochs`` (1): local epochs per round.
+    - ``shuffle`` (True): shuffle each client's data every epoch, seeded by the
+      state (``initialize(seed)``) and the round number.
+    - ``chunk_size`` ('auto'): clients run together in one compiled call;
+      'auto' is 16 on a CPU and 512 on accelerators; None runs the whole
+      cohort at once. Peak memory grows with it, not with the cohort.
+    - ``step_buckets`` ('geometric'): how a chunk's step count is rounded up
+      ('geometric': 1, 2, 3, 4, 6, 8, 12, ...; 'pow2'; 'exact'; or a list).
+      Fewer distinct values mean fewer compilations.
+    - ``runner`` ('auto'): 'auto' (vmap, or 'unroll' for convolutions on a
+      CPU), 'timed' (time vmap, unroll and sequential on the first chunk and
+      keep the fastest), or force 'vmap', 'unroll' or 'sequential'. All give
+      the same numbers (see `fedjax_keras.client.ChunkRunner`).
+    - ``group_size`` (2): clients per compiled step in the 'unroll' runner.
+    - ``data_placement`` ('auto'): 'device' keeps the population's arrays on
+      the device and moves only row indices per chunk; 'host' batches on the
+      host; 'auto' uses the device when the arrays are at most
+      ``device_data_limit`` bytes (256 MiB on a CPU, 4 GiB on accelerators).
+    - ``client_state_placement`` ('device'): where per-client state lives.
+    - ``population_size``: the population size some algorithms need (SCAFFOLD).
     """
 
     def __init__(
@@ -145,17 +167,17 @@ class FederatedProcess:
         model: Model,
         spec: AlgorithmSpec,
         *,
-        batch_size: int,
-        epochs: int,
-        shuffle: bool,
-        chunk_size: int | None,
-        step_buckets,
-        runner: str,
-        client_state_placement: str,
-        population_size: int | None,
+        batch_size: int = 20,
+        epochs: int = 1,
+        shuffle: bool = True,
+        chunk_size: int | str | None = "auto",
+        step_buckets="geometric",
+        runner: str = "auto",
         group_size: int = 2,
         data_placement: str = "auto",
         device_data_limit: int | None = None,
+        client_state_placement: str = "device",
+        population_size: int | None = None,
     ):
         if runner not in RUNNERS:
             raise ValueError(f"runner must be one of {RUNNERS}; received {runner!r}.")
@@ -163,8 +185,16 @@ class FederatedProcess:
             raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int; received {epochs!r}.")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None; received {chunk_size!r}.")
+        if chunk_size == "auto":
+            # Small chunks sorted by step count waste little on padding; on a CPU a
+            # larger vmapped chunk gains nothing, on accelerators it fills the device.
+            chunk_size = 16 if jax.default_backend() == "cpu" else 512
+        if chunk_size is not None and (
+            not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+        ):
+            raise ValueError(
+                f"chunk_size must be a positive int, 'auto' or None; received {chunk_size!r}."
+            )
         self.model = model
         self.spec = spec
         self.batch_size = batch_size

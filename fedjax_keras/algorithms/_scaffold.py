@@ -16,11 +16,10 @@ from fedjax_keras.aggregation import ClientOutput
 from fedjax_keras.algorithms._fed_avg import (
     WEIGHTINGS,
     _check_choice,
-    _default_server,
+    default_server_optimizer,
     apply_pseudo_gradient,
     client_weight,
 )
-from fedjax_keras.algorithms._fed_prox import _with_defaults
 from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
 from fedjax_keras.client import ClientProgram, TrainCarry, start_training, training_step
 from fedjax_keras.models import Model, ModelWeights
@@ -55,7 +54,7 @@ def build_scaffold(
         raise ValueError(f"population_size must be a positive int; received {population_size!r}.")
     lr = float(client_learning_rate)
     template = model.initial_weights.trainable
-    server_opt = as_optimizer(_default_server(server_optimizer), template, argument="server_optimizer")
+    server_opt = as_optimizer(default_server_optimizer(server_optimizer), template, argument="server_optimizer")
 
     def corrected(grads, trainable, context):
         broadcast, client_control = context
@@ -100,5 +99,5 @@ def build_scaffold(
         init_extra=zeros, client_state_default=zeros,
     )
     return FederatedProcess(
-        model, spec, **_with_defaults({**engine_options, "population_size": population_size})
+        model, spec, population_size=population_size, **engine_options
     )
