@@ -213,7 +213,7 @@ def test_keras_optimizers_and_factories_as_client_and_server_optimizers(model, c
 
 # ----------------------------------------------------------------- SCAFFOLD
 def _hand_scaffold(model, rounds, cohort, lr):
-    """Option II of Karimireddy et al. (arXiv:1910.06378), N = the two clients."""
+    """Option II of Karimireddy et al. (arXiv:1910.06378), N = the cohort's clients."""
     server = model.initial_weights
     c = _zero(server.trainable)
     c_i = {cid: _zero(server.trainable) for cid in cohort.client_ids}
@@ -237,9 +237,13 @@ def _hand_scaffold(model, rounds, cohort, lr):
     return history
 
 
-def test_scaffold_control_variates_by_hand(model):
-    cohort = make_clients([5, 7], seed=15)  # 2 and 3 local steps
-    process = build_scaffold(model, 0.2, batch_size=BATCH, shuffle=False)
+@pytest.mark.parametrize("runner", ["vmap", "unroll"])
+def test_scaffold_control_variates_by_hand(model, runner):
+    # 2, 3 and 1 local steps; with chunks of 4 there is a dummy client, and
+    # 'unroll' runs a full group of 2 and a short one.
+    cohort = make_clients([5, 7, 2], seed=15)
+    process = build_scaffold(model, 0.2, batch_size=BATCH, shuffle=False, chunk_size=4,
+                             runner=runner)
     state = process.initialize(0)
     for server, c, c_i in _hand_scaffold(model, 2, cohort, 0.2):
         state = process.next(state, cohort).state
@@ -249,7 +253,7 @@ def test_scaffold_control_variates_by_hand(model):
         stored = state.client_states.gather(ids)
         expected = jax.tree.map(lambda *rows: np.stack(rows), *[c_i[cid] for cid in ids])
         assert_trees_all_close(stored, expected, rtol=1e-4, atol=1e-5)
-    assert len(state.client_states) == 2
+    assert len(state.client_states) == 3
     assert any(np.abs(leaf).max() > 1e-3 for leaf in jax.tree.leaves(state.extra))
 
 
