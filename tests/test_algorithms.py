@@ -347,3 +347,19 @@ def test_fed_eval_sums_then_finalizes(model, cohort, fed_avg_round):
     assert out.metrics["loss"] == pytest.approx(loss, rel=1e-5)
     assert out.metrics["num_examples"] == sum(SIZES)
     assert_trees_all_close(out.state.model, weights, rtol=0, atol=0)
+
+
+def test_per_client_default_follows_set_model_weights(bn_model):
+    """FedBN from pre-trained weights: clients not seen yet start from the new statistics."""
+    process = _fed_avg(bn_model, non_trainable="per_client")
+    state = process.initialize(0)
+    state = state.replace(client_states=state.client_states.scatter(["seen"], jax.tree.map(
+        lambda a: np.asarray(a)[None] + 5.0, state.model.non_trainable)))
+    pretrained = ModelWeights(
+        state.model.trainable, jax.tree.map(lambda a: np.asarray(a) + 1.0, state.model.non_trainable)
+    )
+    state = process.set_model_weights(state, pretrained)
+    rows = state.client_states.gather(["new", "seen"])
+    assert_trees_all_close(jax.tree.map(lambda a: a[0], rows), pretrained.non_trainable)
+    assert_trees_all_close(jax.tree.map(lambda a: a[1], rows),
+                           jax.tree.map(lambda a: a + 4.0, pretrained.non_trainable))

@@ -251,6 +251,10 @@ class FederatedProcess:
     def set_model_weights(self, state: ServerState, weights: ModelWeights) -> ServerState:
         """A state whose server model holds ``weights`` (e.g. pre-trained ones).
 
+        Clients not seen yet start from the default state derived from
+        ``weights`` (with ``non_trainable='per_client'``, the new statistics);
+        stored client states are kept.
+
         Raises:
           ValueError: when the weights' structure or shapes differ from the model's.
         """
@@ -261,7 +265,11 @@ class FederatedProcess:
                 "set_model_weights: the weights do not match the model; expected paths and "
                 f"shapes {expected}, received {received}."
             )
-        return state.replace(model=jax.tree.map(jnp.asarray, weights))
+        weights = jax.tree.map(jnp.asarray, weights)
+        store = state.client_states
+        if store is not None:
+            store = store.with_default(self.spec.client_state_default(weights))
+        return state.replace(model=weights, client_states=store)
 
     # ------------------------------------------------------------------ round
     def _runner_for(self, mode: str) -> ChunkRunner:

@@ -48,6 +48,10 @@ class ClientStateStore:
     def _xp(self):
         return jnp if self.placement == "device" else np
 
+    def with_default(self, default: Any) -> "ClientStateStore":
+        """The same stored rows with a new default row for clients not seen yet."""
+        return ClientStateStore(default, self.placement, self._rows, self._table)
+
     def gather(self, client_ids: Sequence[Hashable]) -> Any:
         """Rows for ``client_ids`` (defaults for unseen ones), leaves [len(ids), ...]."""
         rows = np.array([self._rows.get(cid, -1) for cid in client_ids], np.int64)
