@@ -39,13 +39,15 @@ def make_clients(sizes, x_shape=(4,), *, seed=0, ids=None) -> FederatedData:
     """Clients with the given example counts; ids default to 10 * i + 3 (not positions)."""
     rng = np.random.default_rng(seed)
     ids = [10 * i + 3 for i in range(len(sizes))] if ids is None else ids
-    return FederatedData.from_client_dict({
-        cid: {
-            "x": rng.normal(size=(n,) + tuple(x_shape)).astype(np.float32),
-            "y": rng.integers(0, NUM_CLASSES, n).astype(np.int32),
+    return FederatedData.from_client_dict(
+        {
+            cid: {
+                "x": rng.normal(size=(n,) + tuple(x_shape)).astype(np.float32),
+                "y": rng.integers(0, NUM_CLASSES, n).astype(np.int32),
+            }
+            for cid, n in zip(ids, sizes)
         }
-        for cid, n in zip(ids, sizes)
-    })
+    )
 
 
 # ------------------------------------------------------------------ batches, keys
@@ -57,8 +59,13 @@ def round_seeds(seed: int, round_num: int):
 def planned_batches(cohort: FederatedData, position: int, *, batch_size, epochs, shuffle, seed):
     """Client ``position``'s real batches as `plan_cohort` lays them out (one client per chunk)."""
     plan = plan_cohort(
-        cohort, batch_size=batch_size, epochs=epochs, shuffle=shuffle, seed=seed,
-        chunk_size=1, step_buckets="exact",
+        cohort,
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=shuffle,
+        seed=seed,
+        chunk_size=1,
+        step_buckets="exact",
     )
     for chunk in plan.chunks():
         if int(chunk.client_positions[0]) == position:
@@ -79,11 +86,9 @@ def sliced_batches(x, y, batch_size: int, epochs: int = 1):
 
 
 # ------------------------------------------------------------------ local training
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_train_step(model, optimizer):
-    return jax.jit(
-        lambda w, s, b, k: model.train_step(w, s, b, rng=k, optimizer=optimizer)[:2]
-    )
+    return jax.jit(lambda w, s, b, k: model.train_step(w, s, b, rng=k, optimizer=optimizer)[:2])
 
 
 def local_train(model, weights: ModelWeights, batches, optimizer, keys=None):
@@ -108,8 +113,10 @@ def corrected_sgd(model, weights: ModelWeights, batches, lr: float, correction):
 
 
 def delta(final: ModelWeights, start: ModelWeights) -> dict:
-    return {k: np.asarray(final.trainable[k], np.float64) - np.asarray(start.trainable[k], np.float64)
-            for k in start.trainable}
+    return {
+        k: np.asarray(final.trainable[k], np.float64) - np.asarray(start.trainable[k], np.float64)
+        for k in start.trainable
+    }
 
 
 def weighted_mean(trees, weights) -> dict:
@@ -126,8 +133,16 @@ def server_step(server_optimizer, trainable, opt_state, mean_delta):
 
 
 def fed_avg_rounds(
-    model, cohorts, *, client_optimizer, server_optimizer=None, batch_size, epochs=1,
-    shuffle=True, seed=0, weighting="num_examples",
+    model,
+    cohorts,
+    *,
+    client_optimizer,
+    server_optimizer=None,
+    batch_size,
+    epochs=1,
+    shuffle=True,
+    seed=0,
+    weighting="num_examples",
 ):
     """Reference FedAvg over ``cohorts`` (one per round): returns the final `ModelWeights`.
 
@@ -143,7 +158,11 @@ def fed_avg_rounds(
         deltas, weights = [], []
         for position, cid in enumerate(cohort.client_ids):
             batches = planned_batches(
-                cohort, position, batch_size=batch_size, epochs=epochs, shuffle=shuffle,
+                cohort,
+                position,
+                batch_size=batch_size,
+                epochs=epochs,
+                shuffle=shuffle,
                 seed=plan_seed,
             )
             ckey = client_key(rkey, jnp.int32(position), jnp.int32(cid))

@@ -23,10 +23,13 @@ def _outputs(update, weight, loss_sum=None, extras=None, summed=None):
         update={"w": update},
         weight=weight,
         weighted_extras={"bn": np.arange(n, dtype=np.float32)[:, None] * np.float32([1, 2])}
-        if extras is None else extras,
+        if extras is None
+        else extras,
         summed_extras={"c": np.ones((n, 2), np.float32)} if summed is None else summed,
         metrics={"count": np.ones((n,), np.float32), "int_total": np.full((n,), 2, np.int32)},
-        loss_sum=np.ones((n,), np.float32) if loss_sum is None else np.asarray(loss_sum, np.float32),
+        loss_sum=np.ones((n,), np.float32)
+        if loss_sum is None
+        else np.asarray(loss_sum, np.float32),
         num_examples=weight.astype(np.int32),
         client_state=(),
     )
@@ -59,7 +62,9 @@ def test_weighted_sums_by_hand():
     assert float(acc.loss_sum) == 3.0
     assert int(acc.num_examples) == 8
     assert (int(acc.num_clients), int(acc.num_dropped)) == (3, 0)
-    np.testing.assert_allclose(weighted_mean(acc.update_sum, acc.weight_sum)["w"], [9.5 / 8, 2.5 / 8])
+    np.testing.assert_allclose(
+        weighted_mean(acc.update_sum, acc.weight_sum)["w"], [9.5 / 8, 2.5 / 8]
+    )
 
 
 def test_chunk_by_chunk_equals_all_at_once():
@@ -67,7 +72,7 @@ def test_chunk_by_chunk_equals_all_at_once():
     whole, _ = _run(outputs)
     acc = init_accumulator(_one(outputs))
     for part in (slice(0, 2), slice(2, 3)):
-        chunk = jax.tree.map(lambda a: a[part], outputs)
+        chunk = jax.tree.map(lambda a, part=part: a[part], outputs)
         acc, _ = accumulate(acc, chunk, np.ones(len(chunk.weight), bool), _merge)
     assert_trees_all_close(acc, whole)
 

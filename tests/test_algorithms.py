@@ -6,8 +6,6 @@ import keras
 import numpy as np
 import optax
 import pytest
-
-import fedjax_keras  # noqa: F401
 from engine_reference import (
     corrected_sgd,
     delta,
@@ -18,6 +16,8 @@ from engine_reference import (
     weighted_mean,
     wrap,
 )
+
+import fedjax_keras
 from fedjax_keras.algorithms import (
     build_fed_eval,
     build_fed_prox,
@@ -61,7 +61,7 @@ def _hand_deltas(model, server, cohort, correction=_zero):
 
 
 def _fed_avg(model, **kwargs):
-    options = dict(batch_size=BATCH, shuffle=False, runner="vmap")
+    options = {"batch_size": BATCH, "shuffle": False, "runner": "vmap"}
     return build_weighted_fed_avg(model, optax.sgd(LR), **{**options, **kwargs})
 
 
@@ -90,15 +90,18 @@ def test_one_client_fed_avg_equals_keras_fit(client_optimizer, keras_optimizer):
     state = process.next(process.initialize(0), cohort).state
 
     net = model.to_keras(model.initial_weights)
-    net.compile(optimizer=keras_optimizer(),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.compile(
+        optimizer=keras_optimizer(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     data = cohort.client(0)
     net.fit(data["x"], data["y"], batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
     ours = model.to_keras(state.model)
     for a, b in zip(ours.weights, net.weights):
         assert a.path == b.path
-        np.testing.assert_allclose(np.asarray(a.value), np.asarray(b.value), rtol=1e-5, atol=1e-6,
-                                   err_msg=a.path)
+        np.testing.assert_allclose(
+            np.asarray(a.value), np.asarray(b.value), rtol=1e-5, atol=1e-6, err_msg=a.path
+        )
 
 
 # ----------------------------------------------------------------- weighting
@@ -149,11 +152,10 @@ def test_fed_prox_with_zero_mu_is_fed_avg(model, cohort, fed_avg_round):
 
 def test_fed_prox_matches_proximal_sgd_and_stays_closer(model, cohort, fed_avg_round):
     mu = 2.0
-    process = build_fed_prox(model, optax.sgd(LR), mu=mu, batch_size=BATCH, shuffle=False,
-                             epochs=3)
+    process = build_fed_prox(model, optax.sgd(LR), mu=mu, batch_size=BATCH, shuffle=False, epochs=3)
     state = process.next(process.initialize(0), cohort).state
     server = model.initial_weights
-    proximal = lambda t: {k: mu * (t[k] - server.trainable[k]) for k in t}  # noqa: E731
+    proximal = lambda t: {k: mu * (t[k] - server.trainable[k]) for k in t}
     deltas, sizes = [], []
     for _, client in cohort:
         if len(client["y"]):
@@ -168,8 +170,10 @@ def test_fed_prox_matches_proximal_sgd_and_stays_closer(model, cohort, fed_avg_r
     avg_state = fed_avg3.next(fed_avg3.initialize(0), cohort).state
 
     def distance(weights):
-        return sum(float(jnp.sum((weights.trainable[k] - server.trainable[k]) ** 2))
-                   for k in server.trainable)
+        return sum(
+            float(jnp.sum((weights.trainable[k] - server.trainable[k]) ** 2))
+            for k in server.trainable
+        )
 
     assert distance(state.model) < 0.9 * distance(avg_state.model)
 
@@ -194,9 +198,11 @@ def test_server_adam_on_the_pseudo_gradient(model, cohort):
 def test_keras_optimizers_and_factories_as_client_and_server_optimizers(model, cohort):
     """Client: a Keras SGD object. Server: a zero-arg factory of a Keras SGD with momentum."""
     process = build_weighted_fed_avg(
-        model, keras.optimizers.SGD(LR),
+        model,
+        keras.optimizers.SGD(LR),
         lambda: keras.optimizers.SGD(0.5, momentum=0.9),
-        batch_size=BATCH, shuffle=False,
+        batch_size=BATCH,
+        shuffle=False,
     )
     momentum = optax.sgd(0.5, momentum=0.9)  # the same update, written by optax
     state = process.initialize(0)
@@ -222,16 +228,20 @@ def _hand_scaffold(model, rounds, cohort, lr):
         deltas, sizes, control_deltas = [], [], []
         for cid, client in cohort:
             ci = c_i[cid]
-            correction = lambda t, ci=ci: {k: c[k] - ci[k] for k in t}  # noqa: E731
+            correction = lambda t, c=c, ci=ci: {k: c[k] - ci[k] for k in t}
             final, steps = _hand_client(model, server, client, correction, lr=lr)
-            new_ci = {k: ci[k] - c[k] + (server.trainable[k] - final.trainable[k]) / (steps * lr)
-                      for k in ci}
+            new_ci = {
+                k: ci[k] - c[k] + (server.trainable[k] - final.trainable[k]) / (steps * lr)
+                for k in ci
+            }
             control_deltas.append({k: new_ci[k] - ci[k] for k in ci})
             c_i[cid] = new_ci
             deltas.append(delta(final, server))
             sizes.append(len(client["y"]))
         mean = weighted_mean(deltas, sizes)
-        server = ModelWeights({k: server.trainable[k] + mean[k] for k in mean}, server.non_trainable)
+        server = ModelWeights(
+            {k: server.trainable[k] + mean[k] for k in mean}, server.non_trainable
+        )
         c = {k: c[k] + sum(d[k] for d in control_deltas) / len(control_deltas) for k in c}
         history.append((server, c, dict(c_i)))
     return history
@@ -242,8 +252,9 @@ def test_scaffold_control_variates_by_hand(model, runner):
     # 2, 3 and 1 local steps; with chunks of 4 there is a dummy client, and
     # 'unroll' runs a full group of 2 and a short one.
     cohort = make_clients([5, 7, 2], seed=15)
-    process = build_scaffold(model, 0.2, batch_size=BATCH, shuffle=False, chunk_size=4,
-                             runner=runner)
+    process = build_scaffold(
+        model, 0.2, batch_size=BATCH, shuffle=False, chunk_size=4, runner=runner
+    )
     state = process.initialize(0)
     for server, c, c_i in _hand_scaffold(model, 2, cohort, 0.2):
         state = process.next(state, cohort).state
@@ -286,8 +297,9 @@ def _bn_clients(model, server_trainable, starts, cohort):
     """Each client's final weights (trained with Model.train_step), from its start stats."""
     sgd = from_optax(optax.sgd(LR))
     return [
-        local_train(model, ModelWeights(server_trainable, start),
-                    sliced_batches(c["x"], c["y"], BATCH), sgd)
+        local_train(
+            model, ModelWeights(server_trainable, start), sliced_batches(c["x"], c["y"], BATCH), sgd
+        )
         for start, (_, c) in zip(starts, cohort)
     ]
 
@@ -304,8 +316,9 @@ def test_non_trainable_broadcast_and_average(bn_model, policy):
     state = process.next(process.initialize(0), cohort).state
     server = bn_model.initial_weights
     finals = _bn_clients(bn_model, server.trainable, [server.non_trainable] * 3, cohort)
-    assert_trees_all_close(state.model.trainable, _trainable_mean(finals, server, BN_SIZES),
-                           rtol=1e-5, atol=1e-6)
+    assert_trees_all_close(
+        state.model.trainable, _trainable_mean(finals, server, BN_SIZES), rtol=1e-5, atol=1e-6
+    )
     if policy == "broadcast":
         expected = server.non_trainable
     else:
@@ -353,13 +366,19 @@ def test_per_client_default_follows_set_model_weights(bn_model):
     """FedBN from pre-trained weights: clients not seen yet start from the new statistics."""
     process = _fed_avg(bn_model, non_trainable="per_client")
     state = process.initialize(0)
-    state = state.replace(client_states=state.client_states.scatter(["seen"], jax.tree.map(
-        lambda a: np.asarray(a)[None] + 5.0, state.model.non_trainable)))
+    state = state.replace(
+        client_states=state.client_states.scatter(
+            ["seen"], jax.tree.map(lambda a: np.asarray(a)[None] + 5.0, state.model.non_trainable)
+        )
+    )
     pretrained = ModelWeights(
-        state.model.trainable, jax.tree.map(lambda a: np.asarray(a) + 1.0, state.model.non_trainable)
+        state.model.trainable,
+        jax.tree.map(lambda a: np.asarray(a) + 1.0, state.model.non_trainable),
     )
     state = process.set_model_weights(state, pretrained)
     rows = state.client_states.gather(["new", "seen"])
     assert_trees_all_close(jax.tree.map(lambda a: a[0], rows), pretrained.non_trainable)
-    assert_trees_all_close(jax.tree.map(lambda a: a[1], rows),
-                           jax.tree.map(lambda a: a + 4.0, pretrained.non_trainable))
+    assert_trees_all_close(
+        jax.tree.map(lambda a: a[1], rows),
+        jax.tree.map(lambda a: a + 4.0, pretrained.non_trainable),
+    )

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from engine_reference import local_train, make_clients, sliced_batches, wrap
 
 import fedjax_keras  # noqa: F401
-from engine_reference import local_train, make_clients, sliced_batches, wrap
 from fedjax_keras.client import (
     ClientBatchArrays,
     ClientProgram,
@@ -68,7 +68,11 @@ def test_scan_equals_train_step_loop(model, run_adam):
     assert int(carry.num_examples) == 8 and int(carry.num_steps) == 3
     # loss_sum: each step's loss (before the step) times its example count.
     step = jax.jit(lambda w, st, b, k: model.train_step(w, st, b, rng=k, optimizer=ADAM))
-    weights, state, loss_sum = model.initial_weights, ADAM.init(model.initial_weights.trainable), 0.0
+    weights, state, loss_sum = (
+        model.initial_weights,
+        ADAM.init(model.initial_weights.trainable),
+        0.0,
+    )
     for batch, k in zip(batches, keys):
         weights, state, output = step(weights, state, batch, k)
         loss_sum += float(output.loss) * len(batch["y"])
@@ -108,8 +112,9 @@ def test_grad_correction_is_added_to_the_gradient():
 
     def correction(grads, trainable, context):
         broadcast, _ = context
-        return jax.tree.map(lambda g, w, w0: g + shift * (w - w0) + 1.0, grads, trainable,
-                            broadcast.trainable)
+        return jax.tree.map(
+            lambda g, w, w0: g + shift * (w - w0) + 1.0, grads, trainable, broadcast.trainable
+        )
 
     client = make_clients([5], seed=6)
     carry = jax.jit(_program(model, sgd, correction).run)(

@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import optax
 import pytest
+from engine_reference import make_clients, wrap
 
 import fedjax_keras
-from engine_reference import make_clients, wrap
 from fedjax_keras.algorithms import build_fed_eval, build_weighted_fed_avg
 from fedjax_keras.data import FederatedData, emnist_like
 from fedjax_keras.testing import assert_trees_all_close, toy_models
@@ -64,8 +64,9 @@ def dense_model():
 
 @pytest.mark.parametrize("runner", ["vmap", "sequential"])
 def test_nan_client_is_dropped_and_round_equals_round_without_it(dense_model, runner):
-    process = build_weighted_fed_avg(dense_model, optax.sgd(0.1), optax.adam(0.01),
-                                     batch_size=BATCH, chunk_size=2, runner=runner)
+    process = build_weighted_fed_avg(
+        dense_model, optax.sgd(0.1), optax.adam(0.01), batch_size=BATCH, chunk_size=2, runner=runner
+    )
     cohort = make_clients([5, 3, 4], seed=27)
     state = process.initialize(0)
     clean = process.next(state, cohort)
@@ -77,8 +78,9 @@ def test_nan_client_is_dropped_and_round_equals_round_without_it(dense_model, ru
     for name in ("loss", "sparse_categorical_accuracy"):
         assert dirty.metrics[name] == pytest.approx(clean.metrics[name], rel=1e-6)
     assert_trees_all_close(dirty.state.model, clean.state.model, rtol=1e-6, atol=1e-7)
-    assert_trees_all_close(dirty.state.optimizer_state, clean.state.optimizer_state,
-                           rtol=1e-6, atol=1e-7)
+    assert_trees_all_close(
+        dirty.state.optimizer_state, clean.state.optimizer_state, rtol=1e-6, atol=1e-7
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,12 @@ def test_bad_arguments_are_rejected_at_build_time(dense_model):
         build_weighted_fed_avg(dense_model, "sgd")
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5])
+def test_out_of_range_seed_is_rejected_at_initialize(adam_server_process, seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        adam_server_process.initialize(seed)
+
+
 def test_set_model_weights_checks_shapes(adam_server_process, dense_model):
     state = adam_server_process.initialize(0)
     bad = jax.tree.map(lambda a: np.zeros(np.shape(a) + (1,), np.float32), state.model)
@@ -145,16 +153,20 @@ def test_set_model_weights_checks_shapes(adam_server_process, dense_model):
 def test_protocol_a_accuracy_improves():
     """A small MLP on 20 emnist-like clients learns within 10 rounds of 10 clients."""
     data = emnist_like(seed=0, num_clients=20, num_classes=10, size_median=40, max_size=80)
-    net = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu",
-                           kernel_initializer=keras.initializers.GlorotUniform(seed=1)),
-        keras.layers.Dense(10, kernel_initializer=keras.initializers.GlorotUniform(seed=2)),
-    ])
+    net = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(
+                32, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=1)
+            ),
+            keras.layers.Dense(10, kernel_initializer=keras.initializers.GlorotUniform(seed=2)),
+        ]
+    )
     model = wrap(net, (28, 28, 1))
-    process = build_weighted_fed_avg(model, optax.sgd(0.05), batch_size=10, chunk_size=10,
-                                     step_buckets=[4, 8])
+    process = build_weighted_fed_avg(
+        model, optax.sgd(0.05), batch_size=10, chunk_size=10, step_buckets=[4, 8]
+    )
     evaluate = build_fed_eval(model, batch_size=40, chunk_size=20, step_buckets=[1, 2])
     state = process.initialize(0)
 

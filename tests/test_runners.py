@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import optax
 import pytest
+from engine_reference import SGD, fed_avg_rounds, make_clients, wrap
 
 import fedjax_keras  # noqa: F401  (selects the JAX backend before keras loads)
-from engine_reference import SGD, fed_avg_rounds, make_clients, wrap
 from fedjax_keras.algorithms import build_weighted_fed_avg
 from fedjax_keras.client import MODES
 from fedjax_keras.testing import assert_trees_all_close, toy_models
@@ -47,13 +47,25 @@ def test_engine_equals_python_loop(request, model_name, mode):
     x_shape = CONV_SHAPE if model_name == "conv_model" else (4,)
     cohorts = [make_clients(SIZES, x_shape, seed=0), make_clients(SIZES[::-1], x_shape, seed=1)]
     process = build_weighted_fed_avg(
-        model, optax.sgd(0.1), optax.sgd(0.7), batch_size=BATCH, epochs=2, shuffle=True,
-        chunk_size=4, runner=mode,
+        model,
+        optax.sgd(0.1),
+        optax.sgd(0.7),
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=True,
+        chunk_size=4,
+        runner=mode,
     )
     state = _run(process, cohorts, seed=5)
     expected = fed_avg_rounds(
-        model, cohorts, client_optimizer=SGD, server_optimizer=optax.sgd(0.7),
-        batch_size=BATCH, epochs=2, shuffle=True, seed=5,
+        model,
+        cohorts,
+        client_optimizer=SGD,
+        server_optimizer=optax.sgd(0.7),
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=True,
+        seed=5,
     )
     assert process.mode == mode
     assert_trees_all_close(state.model, expected, rtol=1e-5, atol=1e-5)
@@ -66,8 +78,13 @@ def chunked_results(dense_model):
     results = {}
     for chunk_size, buckets in [(1, "exact"), (4, "pow2"), (None, [8, 16])]:
         process = build_weighted_fed_avg(
-            dense_model, optax.sgd(0.1), batch_size=BATCH, epochs=2, chunk_size=chunk_size,
-            step_buckets=buckets, runner="vmap",
+            dense_model,
+            optax.sgd(0.1),
+            batch_size=BATCH,
+            epochs=2,
+            chunk_size=chunk_size,
+            step_buckets=buckets,
+            runner="vmap",
         )
         state = process.initialize(1)
         out = process.next(state, cohort)
@@ -91,10 +108,23 @@ def test_result_does_not_depend_on_chunk_size_or_padding(chunked_results):
 def test_padding_client_and_steps_do_not_leak(dense_model):
     """A client alone equals the same client in a chunk padded with dummies and empty steps."""
     cohort = make_clients([5], seed=4)
-    base = build_weighted_fed_avg(dense_model, optax.adam(0.05), batch_size=BATCH, shuffle=False,
-                                  step_buckets="exact", runner="vmap")
-    padded = build_weighted_fed_avg(dense_model, optax.adam(0.05), batch_size=BATCH, shuffle=False,
-                                    chunk_size=3, step_buckets=[16], runner="vmap")
+    base = build_weighted_fed_avg(
+        dense_model,
+        optax.adam(0.05),
+        batch_size=BATCH,
+        shuffle=False,
+        step_buckets="exact",
+        runner="vmap",
+    )
+    padded = build_weighted_fed_avg(
+        dense_model,
+        optax.adam(0.05),
+        batch_size=BATCH,
+        shuffle=False,
+        chunk_size=3,
+        step_buckets=[16],
+        runner="vmap",
+    )
     a = base.next(base.initialize(0), cohort)
     b = padded.next(padded.initialize(0), cohort)
     assert b.metrics["padding_fraction"] > 0.9

@@ -21,7 +21,9 @@ def _values(rows):
 def test_gather_unseen_gives_defaults(placement):
     store = ClientStateStore(DEFAULT, placement)
     rows = store.gather(["a", "b", 3])
-    assert_trees_all_close(rows, {"c": np.full((3, 2), 0.5, np.float32), "n": np.full(3, 7, np.int32)})
+    assert_trees_all_close(
+        rows, {"c": np.full((3, 2), 0.5, np.float32), "n": np.full(3, 7, np.int32)}
+    )
     empty = store.gather([])
     assert empty["c"].shape == (0, 2) and empty["n"].shape == (0,)
     assert len(store) == 0
@@ -31,10 +33,13 @@ def test_gather_unseen_gives_defaults(placement):
 def test_scatter_then_gather(placement):
     store = ClientStateStore(DEFAULT, placement).scatter(["a", "b"], _values([1, 2]))
     rows = store.gather(["b", "new", "a"])
-    assert_trees_all_close(rows, {
-        "c": np.array([[2, -2], [0.5, 0.5], [1, -1]], np.float32),
-        "n": np.array([2, 7, 1], np.int32),
-    })
+    assert_trees_all_close(
+        rows,
+        {
+            "c": np.array([[2, -2], [0.5, 0.5], [1, -1]], np.float32),
+            "n": np.array([2, 7, 1], np.int32),
+        },
+    )
     # Overwrite one, add one.
     store2 = store.scatter(["b", "c"], _values([20, 30]))
     assert_trees_all_close(store2.gather(["a", "b", "c"]), _values([1, 20, 30]))

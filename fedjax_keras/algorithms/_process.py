@@ -228,8 +228,15 @@ class FederatedProcess:
         """The initial server state: the model's initial weights, fresh optimizer state.
 
         Args:
-          seed: determines every random choice of the run (shuffling, Dropout).
+          seed: determines every random choice of the run (shuffling, Dropout);
+            an integer in [0, 2**32).
+
+        Raises:
+          ValueError: for a seed out of that range (the round's shuffle seed
+            is ``seed * 2**32 + round_num``).
         """
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32); received {seed!r}.")
         weights = self.model.initial_weights
         default = self.spec.client_state_default
         store = None
