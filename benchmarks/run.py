@@ -1,0 +1,280 @@
+"""Runs the benchmark protocols for fedjax_keras and its baselines, prints one table.
+
+    python benchmarks/run.py                       # A, B and C on every system
+    python benchmarks/run.py --protocols B --systems fedjax_keras
+    python benchmarks/run.py --protocols A --runner unroll --chunk-size 2
+
+Systems, each in its own subprocess (so peak RSS and compilation caches are its own):
+  fedjax_keras   build_weighted_fed_avg: chunks of clients in compiled programs.
+  sequential     a per-client Python loop over one jitted model.train_step per
+                 batch (how FedJAX's default backend runs), same model wrapper.
+  keras_loop     the loop a Keras user writes: set_weights / fit / get_weights
+                 per client on a compiled Keras model.
+
+Timing follows shared/bench/PROTOCOL.md: one warm-up round, rounds 1..5 timed
+one by one until the new server weights are ready (sampling and batching
+included), medians reported; accuracy over all examples after 10 rounds.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SYSTEMS = ("fedjax_keras", "sequential", "keras_loop")
+ACCURACY_ROUNDS = 10
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _loss():
+    import keras
+
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _accuracy(model, weights, x, y) -> float:
+    import jax
+    import numpy as np
+
+    predict = jax.jit(lambda w, xb: model.apply(w, xb).argmax(-1))
+    correct = 0
+    for start in range(0, len(x), 2000):
+        correct += int((np.asarray(predict(weights, x[start : start + 2000])) == y[start : start + 2000]).sum())
+    return correct / len(x)
+
+
+def _timed_rounds(protocol, num_rounds, run_round):
+    """Calls run_round(r) for r in 0..num_rounds-1; returns per-round (seconds, examples) for 1..5."""
+    timed = []
+    for r in range(num_rounds):
+        start = time.perf_counter()
+        examples = run_round(r)
+        elapsed = time.perf_counter() - start
+        if 1 <= r <= protocol.cpu_rounds:
+            timed.append((elapsed, examples))
+    return timed
+
+
+def run_fedjax_keras(protocol, args):
+    import jax
+    import keras
+    import optax
+
+    import fedjax_keras
+    from protocols import cohort_positions, load
+
+    x, y, offsets = load(protocol)
+    data = fedjax_keras.data.FederatedData.from_arrays(x, y, offsets)
+    model = fedjax_keras.from_keras_model(
+        protocol.make_model(), {"x": x[:2], "y": y[:2]}, loss=_loss(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()],
+    )
+    process = fedjax_keras.algorithms.build_weighted_fed_avg(
+        model, client_optimizer=optax.sgd(protocol.client_lr), server_optimizer=optax.sgd(1.0),
+        batch_size=protocol.batch_size, epochs=1, shuffle=True,
+        chunk_size=args.chunk_size, runner=args.runner,
+    )
+    state = [process.initialize(seed=0)]
+    info = {}
+
+    def run_round(r):
+        cohort = data.subset(cohort_positions(protocol, r, data.num_clients))
+        out = process.next(state[0], cohort)
+        jax.block_until_ready(out.state.model)
+        state[0] = out.state
+        info.update(runner=out.metrics["runner"], padding=round(out.metrics["padding_fraction"], 3))
+        return out.metrics["num_examples"]
+
+    timed = _timed_rounds(protocol, args.rounds, run_round)
+    accuracy = _accuracy(model, state[0].model, x, y) if args.rounds >= ACCURACY_ROUNDS else None
+    return timed, accuracy, info
+
+
+def run_sequential(protocol, args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import fedjax_keras
+    from protocols import cohort_positions, load
+
+    x, y, offsets = load(protocol)
+    model = fedjax_keras.from_keras_model(
+        protocol.make_model(), {"x": x[:2], "y": y[:2]}, loss=_loss(),
+        optimizer=optax.sgd(protocol.client_lr),
+    )
+    b = protocol.batch_size
+    step = jax.jit(model.train_step)
+    add_scaled = jax.jit(lambda acc, w, s, n: jax.tree.map(lambda a, wi, si: a + n * (wi - si), acc, w, s))
+    finish = jax.jit(lambda s, acc, total: jax.tree.map(lambda si, a: si + a / total, s, acc))
+    server = [model.initial_weights]
+    rng = np.random.default_rng(0)
+    key = jax.random.PRNGKey(0)
+
+    def run_round(r):
+        acc = jax.tree.map(jnp.zeros_like, server[0].trainable)
+        total = 0
+        for c in cohort_positions(protocol, r, len(offsets) - 1):
+            lo, hi = offsets[c], offsets[c + 1]
+            order = lo + rng.permutation(hi - lo)
+            weights = server[0]
+            opt_state = model.init_optimizer_state(weights)
+            for i, start in enumerate(range(0, len(order), b)):
+                rows = order[start : start + b]
+                pad = b - len(rows)
+                xb = np.concatenate([x[rows], np.zeros((pad,) + x.shape[1:], x.dtype)])
+                yb = np.concatenate([y[rows], np.zeros((pad,), y.dtype)])
+                mask = np.arange(b) < len(rows)
+                weights, opt_state, _ = step(
+                    weights, opt_state, {"x": xb, "y": yb, "mask": mask},
+                    rng=jax.random.fold_in(key, r * 1_000_003 + int(c) * 1000 + i),
+                )
+            n = hi - lo
+            acc = add_scaled(acc, weights.trainable, server[0].trainable, jnp.float32(n))
+            total += n
+        server[0] = server[0]._replace(trainable=finish(server[0].trainable, acc, jnp.float32(total)))
+        jax.block_until_ready(server[0])
+        return total
+
+    timed = _timed_rounds(protocol, args.rounds, run_round)
+    accuracy = _accuracy(model, server[0], x, y) if args.rounds >= ACCURACY_ROUNDS else None
+    return timed, accuracy, {}
+
+
+def run_keras_loop(protocol, args):
+    import keras
+    import numpy as np
+
+    import fedjax_keras  # noqa: F401
+    from protocols import cohort_positions, load
+
+    x, y, offsets = load(protocol)
+    net = protocol.make_model()
+    net.compile(optimizer=keras.optimizers.SGD(protocol.client_lr), loss=_loss(), metrics=["accuracy"])
+    server = [net.get_weights()]
+
+    def run_round(r):
+        total, acc = 0, [np.zeros_like(w) for w in server[0]]
+        for c in cohort_positions(protocol, r, len(offsets) - 1):
+            lo, hi = offsets[c], offsets[c + 1]
+            net.set_weights(server[0])
+            net.fit(x[lo:hi], y[lo:hi], batch_size=protocol.batch_size, epochs=1, shuffle=True, verbose=0)
+            n = hi - lo
+            for a, w in zip(acc, net.get_weights()):
+                a += n * w
+            total += n
+        server[0] = [a / total for a in acc]
+        return total
+
+    timed = _timed_rounds(protocol, args.rounds, run_round)
+    accuracy = None
+    if args.rounds >= ACCURACY_ROUNDS:
+        net.set_weights(server[0])
+        accuracy = float(net.evaluate(x, y, batch_size=2000, verbose=0)[1])
+    return timed, accuracy, {}
+
+
+RUNNERS = {"fedjax_keras": run_fedjax_keras, "sequential": run_sequential, "keras_loop": run_keras_loop}
+
+
+def run_one(protocol_name: str, system: str, args) -> dict:
+    from protocols import PROTOCOLS
+
+    import keras
+
+    protocol = PROTOCOLS[protocol_name]
+    keras.utils.set_random_seed(0)  # the same initial weights for every system
+    timed, accuracy, info = RUNNERS[system](protocol, args)
+    seconds = [t for t, _ in timed]
+    rates = [n / t for t, n in timed]
+    return {
+        "protocol": protocol_name,
+        "system": system,
+        "seconds_per_round": statistics.median(seconds),
+        "examples_per_second": statistics.median(rates),
+        "accuracy": accuracy,
+        "peak_rss_mib": _peak_rss_mib(),
+        **info,
+    }
+
+
+def _machine() -> str:
+    import jax
+    import keras
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return (f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()} "
+            f"({devices}), keras {keras.__version__}, python {platform.python_version()}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocols", nargs="+", default=["A", "B", "C100", "C1000", "C10000"])
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--rounds", type=int, default=ACCURACY_ROUNDS,
+                        help="rounds per run (>= 10 also reports accuracy; >= 6 needed for timing)")
+    parser.add_argument("--runner", default="auto")
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--one", nargs=2, metavar=("PROTOCOL", "SYSTEM"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(*args.one, args)), flush=True)
+        return
+    from protocols import ensure_data
+
+    ensure_data()
+    print("machine:", _machine(), flush=True)
+    rows = []
+    for protocol in args.protocols:
+        for system in args.systems:
+            if protocol.startswith("C") and system != "fedjax_keras":
+                continue  # Protocol C measures the engine's scaling only.
+            command = [sys.executable, __file__, "--one", protocol, system, "--rounds", str(args.rounds),
+                       "--runner", args.runner]
+            if args.chunk_size:
+                command += ["--chunk-size", str(args.chunk_size)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode or not lines:
+                print(f"{protocol} {system} failed:\n{done.stderr[-3000:]}", flush=True)
+                continue
+            row = json.loads(lines[-1][len("RESULT "):])
+            rows.append(row)
+            print(_format(row), flush=True)
+    print()
+    print("| protocol | system | s/round (median) | examples/s (median) | accuracy after 10 rounds | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(_format(row))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": _machine(), "rows": rows}, indent=1))
+
+
+def _format(row) -> str:
+    accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+    extra = f" ({row['runner']}, padding {row['padding']})" if "runner" in row else ""
+    return (f"| {row['protocol']} | {row['system']}{extra} | {row['seconds_per_round']:.4f} | "
+            f"{row['examples_per_second']:,.0f} | {accuracy} | {row['peak_rss_mib']:,.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The code in README.md and docs/*.md runs, block after block, one namespace per page."""
+
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# docs/models.md has its own test with checks of its printed output.
+PAGES = [ROOT / "README.md"] + sorted(
+    p for p in (ROOT / "docs").glob("*.md") if p.name not in ("models.md", "cli.md")
+)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_code_runs(page, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
+    if not blocks:
+        pytest.skip(f"{page.name} has no python code")
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - our own docs
+    assert capsys.readouterr().out.strip(), f"{page.name}'s code printed nothing"
