@@ -1,0 +1,92 @@
+"""From a `Config` to a model and a federated process (the algorithm registry)."""
+
+import jax
+import keras
+import numpy as np
+import optax
+
+from fedjax_keras import algorithms
+from fedjax_keras.cli._errors import UsageError
+from fedjax_keras.cli.models import resolve_model
+from fedjax_keras.cli.tasks import Task
+from fedjax_keras.models import Model, from_keras_model
+
+
+def build_model(config, task: Task) -> Model:
+    """The task's model wrapped with `from_keras_model`, checked against the labels.
+
+    Raises:
+      UsageError: the model does not accept the inputs, or its output shape
+        does not fit the labels (``[batch, num_classes]`` logits for labels
+        [batch], ``[batch, steps, vocab]`` for label sequences [batch, steps]).
+    """
+    name = config.model or task.default_model
+    net = resolve_model(name, task.input_shape, task.num_classes, config.seed)
+    x = task.train.examples["x"][:2]
+    y = task.train.examples["y"][:2]
+    try:
+        model = from_keras_model(
+            net,
+            {"x": x, "y": y},
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        output = jax.eval_shape(lambda w: model.apply(w, x), model.initial_weights)
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 (any failure here is the model not fitting)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"--model {name}: it does not accept the task's inputs x {list(x.shape[1:])} "
+            f"{x.dtype} ({first})."
+        ) from None
+    shape = tuple(getattr(output, "shape", ()))
+    expected = (len(x),) + tuple(y.shape[1:])
+    if len(shape) != len(expected) + 1 or shape[:-1] != expected or shape[-1] < task.num_classes:
+        raise UsageError(
+            f"--model {name}: its output shape {list(shape)} does not fit the labels; the task "
+            f"{task.name!r} has labels {list(y.shape[1:]) or 'scalar'} in 0..{task.num_classes - 1}, "
+            f"so the model must output logits [batch{''.join(f', {d}' for d in expected[1:])}, "
+            f"{task.num_classes}]."
+        )
+    return model
+
+
+def build_process(config, model: Model, task: Task):
+    """The training process of ``config.algorithm`` with its hyper-parameters."""
+    chunk = {"auto": "auto", "none": None}.get(config.chunk_size)
+    engine = {
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "chunk_size": chunk if config.chunk_size in ("auto", "none") else int(config.chunk_size),
+        "runner": config.runner,
+    }
+    client = optax.sgd(config.client_lr)
+    name, server_lr = config.algorithm, config.server_lr
+    if name == "fedavg":
+        return algorithms.build_weighted_fed_avg(model, client, optax.sgd(server_lr or 1.0), **engine)
+    if name == "fedavg_unweighted":
+        return algorithms.build_unweighted_fed_avg(model, client, optax.sgd(server_lr or 1.0), **engine)
+    if name == "fedprox":
+        return algorithms.build_fed_prox(model, client, optax.sgd(server_lr or 1.0), mu=config.mu, **engine)
+    if name == "fedsgd":
+        if config.epochs != 1:
+            raise UsageError(f"--epochs: fedsgd computes one gradient per client; expected 1, received {config.epochs}.")
+        return algorithms.build_fed_sgd(model, optax.sgd(server_lr or 0.1), **engine)
+    if name == "scaffold":
+        return algorithms.build_scaffold(
+            model, config.client_lr, optax.sgd(server_lr or 1.0),
+            population_size=task.train.num_clients, **engine,
+        )
+    # Adaptive server optimizers with Reddi et al.'s (arXiv:2003.00295) tau = 1e-3.
+    server = {
+        "fedadam": lambda: optax.adam(server_lr or 0.01, b1=0.9, b2=0.99, eps=1e-3),
+        "fedyogi": lambda: optax.yogi(server_lr or 0.01, b1=0.9, b2=0.99, eps=1e-3),
+        "fedadagrad": lambda: optax.adagrad(server_lr or 0.1, eps=1e-3),
+    }[name]()
+    return algorithms.build_weighted_fed_avg(model, client, server, **engine)
+
+
+def eval_population(task: Task):
+    """The test clients that hold examples (empty test clients add nothing)."""
+    return task.test.subset(np.flatnonzero(task.test.client_sizes > 0))

@@ -1,0 +1,91 @@
+"""The live progress bar and the final summary table (rich)."""
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _fmt(value, digits=4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+class RoundProgress:
+    """A bar over rounds showing loss, accuracy, clients/s and the ETA.
+
+    Disabled (``enabled=False``), or when stderr is not a terminal, it prints
+    one plain line per evaluated round instead, so logs stay readable.
+    """
+
+    def __init__(self, total_rounds: int, start_round: int, enabled: bool = True):
+        self.console = Console(stderr=True)
+        self.live = enabled and self.console.is_terminal
+        self.enabled = enabled
+        self._progress = None
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]round"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  "
+                           "eval acc {task.fields[eval_acc]}  {task.fields[speed]} clients/s"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._task = self._progress.add_task(
+                "rounds", total=total_rounds, completed=start_round,
+                loss="-", acc="-", eval_acc="-", speed="-",
+            )
+            self._progress.start()
+
+    def update(self, row: dict) -> None:
+        if self.live:
+            self._progress.update(
+                self._task,
+                completed=row["round"],
+                loss=_fmt(row["train_loss"]),
+                acc=_fmt(row.get("train_accuracy"), 3),
+                eval_acc=_fmt(row.get("eval_accuracy"), 3) if row.get("eval_accuracy") is not None
+                else self._progress.tasks[0].fields["eval_acc"],
+                speed=f"{row['clients_per_second']:.1f}",
+            )
+        elif self.enabled and row.get("eval_accuracy") is not None:
+            print(
+                f"round {row['round']}: train loss {_fmt(row['train_loss'])} "
+                f"acc {_fmt(row.get('train_accuracy'), 3)} | eval loss {_fmt(row['eval_loss'])} "
+                f"acc {_fmt(row['eval_accuracy'], 3)} | {row['clients_per_second']:.1f} clients/s "
+                f"| {row['elapsed_seconds']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def stop(self) -> None:
+        if self.live:
+            self._progress.stop()
+
+
+def print_summary(rows: list[dict], run_dir: str, seconds: float, title: str) -> None:
+    """The final table: first and last round, best eval accuracy, time, run directory."""
+    console = Console()
+    table = Table(title=title)
+    for column in ("", "round", "train loss", "train acc", "eval loss", "eval acc"):
+        table.add_column(column, justify="right" if column else "left")
+
+    def add(label, row):
+        table.add_row(
+            label, str(row["round"]), _fmt(row.get("train_loss")), _fmt(row.get("train_accuracy"), 3),
+            _fmt(row.get("eval_loss")), _fmt(row.get("eval_accuracy"), 3),
+        )
+
+    evaluated = [row for row in rows if row.get("eval_accuracy") is not None]
+    if rows:
+        add("first", rows[0])
+        add("last", rows[-1])
+    if evaluated:
+        add("best eval", max(evaluated, key=lambda row: row["eval_accuracy"]))
+    console.print(table)
+    speeds = [row["clients_per_second"] for row in rows]
+    speed = f", median {sorted(speeds)[len(speeds) // 2]:.1f} clients/s" if speeds else ""
+    console.print(f"{len(rows)} rounds logged in {seconds:.1f} s this run{speed}. Run directory: {run_dir}")

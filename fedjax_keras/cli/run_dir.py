@@ -1,0 +1,132 @@
+"""The run directory: resolved config, per-round metrics (JSONL, CSV), curves, checkpoints.
+
+Layout::
+
+    <run_dir>/config.yaml      the resolved configuration (what ``--resume`` reads)
+    <run_dir>/metrics.jsonl    one JSON object per round, appended as rounds finish
+    <run_dir>/metrics.csv      the same rows as a table, rewritten after every round
+    <run_dir>/curves.png       loss and accuracy against rounds (train and eval)
+    <run_dir>/checkpoints/<round>/   orbax checkpoints of the whole process state
+"""
+
+import csv
+import json
+import os
+
+from fedjax_keras.cli._errors import UsageError
+
+COLUMNS = (
+    "round", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "num_clients",
+    "num_examples", "num_dropped_clients", "round_seconds", "clients_per_second",
+    "examples_per_second", "elapsed_seconds",
+)
+
+
+class RunDir:
+    """Writes one run's files; `rows` holds the metrics written so far."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.config_path = os.path.join(path, "config.yaml")
+        self.jsonl_path = os.path.join(path, "metrics.jsonl")
+        self.csv_path = os.path.join(path, "metrics.csv")
+        self.plot_path = os.path.join(path, "curves.png")
+        self.checkpoints = os.path.join(path, "checkpoints")
+        self.rows: list[dict] = []
+
+    @classmethod
+    def create(cls, path: str) -> "RunDir":
+        """A new run directory; refuses one that already holds a run."""
+        run = cls(path)
+        if os.path.exists(run.config_path):
+            raise UsageError(
+                f"--run-dir: {path!r} already holds a run; pass --resume to continue it, "
+                "or choose a new directory."
+            )
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"--run-dir: {path!r} is a file; expected a directory.")
+        os.makedirs(run.checkpoints, exist_ok=True)
+        return run
+
+    @classmethod
+    def open_existing(cls, path: str) -> "RunDir":
+        """The run directory of a run to resume."""
+        run = cls(path)
+        if not os.path.exists(run.config_path):
+            raise UsageError(
+                f"--resume: {path!r} holds no run (no config.yaml); expected the --run-dir "
+                "of an earlier run."
+            )
+        os.makedirs(run.checkpoints, exist_ok=True)
+        return run
+
+    def load_rows(self, up_to_round: int) -> None:
+        """Keeps the logged rows of rounds <= ``up_to_round`` (a killed run may have
+        logged rounds after its last checkpoint; the resumed run redoes them)."""
+        rows = []
+        if os.path.exists(self.jsonl_path):
+            with open(self.jsonl_path) as f:
+                for line in f:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # a line cut short by the kill
+                    if row.get("round", 0) <= up_to_round:
+                        rows.append(row)
+        self.rows = rows
+        self._rewrite()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def _rewrite(self) -> None:
+        tmp = self.jsonl_path + ".tmp"
+        with open(tmp, "w") as f:
+            for row in self.rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, self.jsonl_path)
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        tmp = self.csv_path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        os.replace(tmp, self.csv_path)
+
+    def plot(self, title: str) -> None:
+        """Writes curves.png: loss and accuracy against rounds, train and eval."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            for split, style in (("train", "-"), ("eval", "o-")):
+                points = [
+                    (row["round"], row[f"{split}_{metric}"])
+                    for row in self.rows
+                    if row.get(f"{split}_{metric}") is not None
+                ]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, style, label=split, markersize=3)
+            ax.set_xlabel("round")
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(title)
+        fig.tight_layout()
+        tmp = self.plot_path + ".tmp.png"
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, self.plot_path)
