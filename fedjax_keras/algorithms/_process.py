@@ -144,8 +144,11 @@ class FederatedProcess:
     - ``shuffle`` (True): shuffle each client's data every epoch, seeded by the
       state (``initialize(seed)``) and the round number.
     - ``chunk_size`` ('auto'): clients run together in one compiled call;
-      'auto' is 16 on a CPU and 512 on accelerators; None runs the whole
-      cohort at once. Peak memory grows with it, not with the cohort.
+      'auto' fixes it at the first round from the cohort size (a sixteenth of
+      the cohort, at least 16 and at most 512 on a CPU; at least 512 and at
+      most 4096 on accelerators; never more than the cohort); None runs the
+      whole cohort at once. Peak
+      memory grows with it, not with the cohort.
     - ``step_buckets`` ('geometric'): how a chunk's step count is rounded up
       ('geometric': 1, 2, 3, 4, 6, 8, 12, ...; 'pow2'; 'exact'; or a list).
       Fewer distinct values mean fewer compilations.
@@ -185,11 +188,7 @@ class FederatedProcess:
             raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int; received {epochs!r}.")
-        if chunk_size == "auto":
-            # Small chunks sorted by step count waste little on padding; on a CPU a
-            # larger vmapped chunk gains nothing, on accelerators it fills the device.
-            chunk_size = 16 if jax.default_backend() == "cpu" else 512
-        if chunk_size is not None and (
+        if chunk_size is not None and chunk_size != "auto" and (
             not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
         ):
             raise ValueError(
@@ -286,6 +285,17 @@ class FederatedProcess:
             )
         return self._runners[mode]
 
+    def _resolve_chunk_size(self, cohort_size: int) -> int | None:
+        if self.chunk_size == "auto":
+            # Clients are sorted by step count before chunking, so a chunk wastes
+            # little on padding; a sixteenth of the cohort keeps the per-call cost
+            # amortised for large cohorts. On a CPU larger vmapped chunks gain
+            # nothing; accelerators want many clients per call to fill the device.
+            low, high = (16, 512) if jax.default_backend() == "cpu" else (512, 4096)
+            # Never more than the cohort: padding clients cost as much as real ones in a vmap.
+            self.chunk_size = int(min(max(cohort_size // 16, low), high, max(cohort_size, 1)))
+        return self.chunk_size
+
     def _device_source(self, source: dict):
         """The cohort's source arrays on the device, or None to batch on the host.
 
@@ -343,7 +353,7 @@ class FederatedProcess:
             epochs=self.epochs,
             shuffle=self.shuffle,
             seed=seed * 2**32 + round_num,
-            chunk_size=self.chunk_size,
+            chunk_size=self._resolve_chunk_size(cohort.num_clients),
             step_buckets=self.step_buckets,
         )
         seed_and_round = np.array([seed % 2**32, round_num % 2**32], np.uint32)
