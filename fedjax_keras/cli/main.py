@@ -48,9 +48,10 @@ HELP = {
     "run_dir": "run directory (default runs/<task>-<algorithm>-<time>)",
     "progress": "show the live progress bar",
 }
-# Test hook: after writing the checkpoint of this round the process kills itself
-# with SIGKILL, as a preempted job would be (tests/test_checkpoint.py uses it).
-KILL_AFTER_CHECKPOINT_ENV = "FEDJAX_KERAS_KILL_AFTER_CHECKPOINT"
+# Test hook: once this round is logged (and checkpointed, when due) the process
+# kills itself with SIGKILL, as a preempted job would be; tests/test_checkpoint.py
+# uses it to check that --resume repeats the uninterrupted run bit for bit.
+KILL_AFTER_ROUND_ENV = "FEDJAX_KERAS_KILL_AFTER_ROUND"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,7 +154,7 @@ def simulate(config, resume: bool) -> int:
     run.load_rows(start)
     if resume:
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
-    kill_after = os.environ.get(KILL_AFTER_CHECKPOINT_ENV)
+    kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
     title = f"{config.algorithm} on {task.name}, model {config.model or task.default_model}"
     began = time.perf_counter()
     elapsed_before = run.rows[-1]["elapsed_seconds"] if run.rows else 0.0
@@ -188,8 +189,8 @@ def simulate(config, resume: bool) -> int:
             progress.update(row)
             if done % config.checkpoint_every == 0 or done == config.rounds:
                 checkpoint.save_state(run.checkpoints, state, done, max_to_keep=config.keep_checkpoints)
-                if kill_after is not None and done == int(kill_after):
-                    os.kill(os.getpid(), signal.SIGKILL)
+            if kill_after is not None and done == int(kill_after):
+                os.kill(os.getpid(), signal.SIGKILL)
     except KeyboardInterrupt:
         progress.stop()
         print(
