@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 .PHONY: demo test
 demo: $(STAMP)
-	$(VENV)/bin/python -m fedjax_keras.demo
+	$(VENV)/bin/python -m fedjax_keras simulate
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests

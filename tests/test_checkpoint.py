@@ -13,8 +13,8 @@ import pytest
 import fedjax_keras  # noqa: F401 (JAX backend before keras)
 from fedjax_keras.algorithms import ServerState
 from fedjax_keras.checkpoint import CheckpointMismatchError, latest_round, restore_state, save_state
-from fedjax_keras.cli import main as cli_main
 from fedjax_keras.cli import config as config_lib
+from fedjax_keras.cli import main as cli_main
 from fedjax_keras.cli.experiment import build_model, build_process
 from fedjax_keras.cli.tasks import load_task
 from fedjax_keras.client import ClientStateStore
@@ -23,7 +23,9 @@ from fedjax_keras.models import ModelWeights
 
 def _state(store=None, scale=1.0):
     return ServerState(
-        model=ModelWeights({"dense/kernel": jnp.arange(6.0).reshape(2, 3) * scale}, {"bn/mean": jnp.ones(3)}),
+        model=ModelWeights(
+            {"dense/kernel": jnp.arange(6.0).reshape(2, 3) * scale}, {"bn/mean": jnp.ones(3)}
+        ),
         optimizer_state=({"mu": jnp.full((2, 3), 0.5)}, ()),
         round_num=np.int64(7),
         seed=np.int64(3),
@@ -36,7 +38,9 @@ def _assert_bitwise(a, b):
     if isinstance(a, ServerState):  # the store is static tree data: compare it separately
         a, b = a.replace(client_states=None), b.replace(client_states=None)
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(jax.tree.map(lambda _: 0, a)) == jax.tree.structure(jax.tree.map(lambda _: 0, b))
+    assert jax.tree.structure(jax.tree.map(lambda _: 0, a)) == jax.tree.structure(
+        jax.tree.map(lambda _: 0, b)
+    )
     for x, y in zip(leaves_a, leaves_b):
         assert np.asarray(x).dtype == np.asarray(y).dtype
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -77,9 +81,26 @@ def test_latest_round_rounds_and_errors(tmp_path):
 
 
 TINY = [
-    "simulate", "--task", "synthetic", "--num-clients", "12", "--client-size", "15",
-    "--algorithm", "scaffold", "--client-lr", "0.05", "--cohort-size", "4", "--rounds", "4",
-    "--checkpoint-every", "2", "--eval-every", "2", "--no-progress",
+    "simulate",
+    "--task",
+    "synthetic",
+    "--num-clients",
+    "12",
+    "--client-size",
+    "15",
+    "--algorithm",
+    "scaffold",
+    "--client-lr",
+    "0.05",
+    "--cohort-size",
+    "4",
+    "--rounds",
+    "4",
+    "--checkpoint-every",
+    "2",
+    "--eval-every",
+    "2",
+    "--no-progress",
 ]
 
 
@@ -102,7 +123,11 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     env = {**os.environ, "FEDJAX_KERAS_KILL_AFTER_ROUND": "3"}
     proc = subprocess.run(
         [sys.executable, "-m", "fedjax_keras", *TINY, "--run-dir", killed],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == -9, proc.stderr
     assert latest_round(os.path.join(killed, "checkpoints")) == 2

@@ -6,23 +6,38 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 import fedjax_keras  # noqa: F401 (JAX backend before keras)
 from fedjax_keras.cli import main
 from fedjax_keras.cli.config import ALGORITHMS
+from fedjax_keras.cli.main import build_parser
 
 TINY = [
-    "simulate", "--task", "synthetic", "--num-clients", "10", "--client-size", "12",
-    "--cohort-size", "3", "--no-progress",
+    "simulate",
+    "--task",
+    "synthetic",
+    "--num-clients",
+    "10",
+    "--client-size",
+    "12",
+    "--cohort-size",
+    "3",
+    "--no-progress",
 ]
 
 
 def _run(*args):
     return subprocess.run(
-        [sys.executable, "-m", "fedjax_keras", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fedjax_keras", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -53,14 +68,16 @@ def test_end_to_end_subprocess_writes_the_run_directory(tmp_path):
 def test_config_file_and_flags_override_it(tmp_path, suffix, capsys):
     text = {
         "yaml": "task: synthetic\nnum-clients: 10\nclient_size: 12\ncohort_size: 3\n"
-                "rounds: 5\nalgorithm: fedprox\nmu: 0.5\nprogress: false\n",
+        "rounds: 5\nalgorithm: fedprox\nmu: 0.5\nprogress: false\n",
         "toml": 'task = "synthetic"\nnum-clients = 10\nclient_size = 12\ncohort_size = 3\n'
-                'rounds = 5\nalgorithm = "fedprox"\nmu = 0.5\nprogress = false\n',
+        'rounds = 5\nalgorithm = "fedprox"\nmu = 0.5\nprogress = false\n',
     }[suffix]
     path = tmp_path / f"exp.{suffix}"
     path.write_text(text)
     run_dir = tmp_path / "run"
-    assert main(["simulate", "--config", str(path), "--rounds", "1", "--run-dir", str(run_dir)]) == 0
+    assert (
+        main(["simulate", "--config", str(path), "--rounds", "1", "--run-dir", str(run_dir)]) == 0
+    )
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["algorithm"] == "fedprox" and saved["mu"] == 0.5 and saved["num_clients"] == 10
     assert saved["rounds"] == 1  # the flag wins over the file
@@ -101,11 +118,18 @@ def _error_cases(tmp):
     bad_key = tmp / "bad_key.yaml"
     bad_key.write_text("task: synthetic\nlearning_rate: 0.1\n")
     return {
-        "missing task file": (["--task-file", str(tmp / "nope.h5")], "--task-file", "does not exist"),
+        "missing task file": (
+            ["--task-file", str(tmp / "nope.h5")],
+            "--task-file",
+            "does not exist",
+        ),
         "unknown task": (["--task", "mnist"], "--task", "emnist_like"),
         "unknown algorithm": (["--algorithm", "fedfoo"], "--algorithm", "fedavg"),
-        "model output shape": (["--task", "synthetic", "--model", "cli_bad_models:three_outputs"],
-                               "--model", "[batch, 10]"),
+        "model output shape": (
+            ["--task", "synthetic", "--model", "cli_bad_models:three_outputs"],
+            "--model",
+            "[batch, 10]",
+        ),
         "not a model": (["--model", "cli_bad_models:not_a_model"], "--model", "keras.Model"),
         "unknown model": (["--model", "resnet"], "--model", "small_cnn"),
         "missing module": (["--model", "no_such_module_xyz:f"], "--model", "no_such_module_xyz"),
@@ -116,15 +140,29 @@ def _error_cases(tmp):
         "unknown flag": (["--learning-rate", "1"], "--learning-rate", "unrecognized"),
         "resume without run dir": (["--resume"], "--resume", "--run-dir"),
         "run dir taken": (["--run-dir", str(existing)], "--run-dir", "--resume"),
-        "resume changes a setting": (["--run-dir", str(existing), "--resume", "--task", "cifar_like"],
-                                     "--task", "keeps its settings"),
+        "resume changes a setting": (
+            ["--run-dir", str(existing), "--resume", "--task", "cifar_like"],
+            "--task",
+            "keeps its settings",
+        ),
     }
 
 
 ERROR_IDS = [
-    "missing task file", "unknown task", "unknown algorithm", "model output shape", "not a model",
-    "unknown model", "missing module", "missing config", "unknown config key", "not an int",
-    "out of range", "unknown flag", "resume without run dir", "run dir taken",
+    "missing task file",
+    "unknown task",
+    "unknown algorithm",
+    "model output shape",
+    "not a model",
+    "unknown model",
+    "missing module",
+    "missing config",
+    "unknown config key",
+    "not an int",
+    "out of range",
+    "unknown flag",
+    "resume without run dir",
+    "run dir taken",
     "resume changes a setting",
 ]
 
@@ -148,8 +186,34 @@ def test_mistake_in_a_real_process_exits_nonzero_without_traceback():
     proc = _run("simulate", "--algorithm", "fedfoo")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    expected = (
         "fedjax-keras: error: --algorithm: unknown algorithm 'fedfoo'; expected one of "
         "['fedavg', 'fedavg_unweighted', 'fedprox', 'fedsgd', 'scaffold', 'fedadam', 'fedyogi', "
         "'fedadagrad']."
-    ]
+    )
+    assert proc.stderr.strip().splitlines() == [expected]
+
+
+def test_leaf_json_task_file(tmp_path):
+    rng = np.random.default_rng(0)
+    users = [f"f_{i:05d}" for i in range(4)]
+    user_data = {
+        u: {"x": rng.normal(size=(8, 5)).round(3).tolist(), "y": rng.integers(0, 3, 8).tolist()}
+        for u in users
+    }
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"users": users, "num_samples": [8] * 4, "user_data": user_data}))
+    run_dir = tmp_path / "run"
+    args = ["simulate", "--task-file", str(path), "--rounds", "1", "--cohort-size", "2"]
+    assert main([*args, "--no-progress", "--run-dir", str(run_dir)]) == 0
+    (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert row["num_clients"] == 2 and row["num_examples"] > 0
+
+
+def test_every_flag_is_documented():
+    docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    simulate = parser._subparsers._group_actions[0].choices["simulate"]
+    flags = [s for action in simulate._actions for s in action.option_strings if s.startswith("--")]
+    missing = [f for f in flags if f != "--help" and f"`{f}`" not in docs]
+    assert not missing, f"docs/cli.md does not document {missing}"

@@ -57,7 +57,9 @@ def _key(index: int) -> str:
 
 def _encode_id(client_id):
     if isinstance(client_id, (bool, np.bool_)):
-        raise TypeError(f"Client id {client_id!r} is a bool; checkpoints keep int, str or tuple ids.")
+        raise TypeError(
+            f"Client id {client_id!r} is a bool; checkpoints keep int, str or tuple ids."
+        )
     if isinstance(client_id, (int, np.integer)):
         return ["int", int(client_id)]
     if isinstance(client_id, str):
@@ -95,13 +97,15 @@ def save_state(directory, state, round_num: int, *, max_to_keep: int | None = No
       TypeError: a client id is not an int, str or tuple of them.
     """
     leaves = jax.tree.leaves(state)
-    arrays = {_key(i): np.asarray(leaf) if np.isscalar(leaf) else leaf for i, leaf in enumerate(leaves)}
+    arrays = {
+        _key(i): np.asarray(leaf) if np.isscalar(leaf) else leaf for i, leaf in enumerate(leaves)
+    }
     store = state.client_states
     meta = {"round": int(round_num), "num_leaves": len(leaves), "client_ids": None}
     if store is not None:
         ids = store.client_ids
         meta["client_ids"] = [_encode_id(cid) for cid in ids]
-        table = jax.tree.leaves(store._table)  # noqa: SLF001 (the store's own rows)
+        table = jax.tree.leaves(store._table)
         for j, leaf in enumerate(table):
             arrays[_key(len(leaves) + j)] = leaf[: len(ids)]
     manager = _manager(directory, max_to_keep)
@@ -153,10 +157,14 @@ def restore_state(directory, template_state, round_num: int | None = None):
             f"No checkpoint of round {round_num} under {os.fspath(directory)!r}; "
             f"it holds rounds {sorted(manager.all_steps())}."
         )
-    meta = manager.restore(int(round_num), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = manager.restore(int(round_num), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+        "meta"
+    ]
     leaves, treedef = jax.tree.flatten(template_state)
     template_store = template_state.client_states
-    if meta["num_leaves"] != len(leaves) or (meta["client_ids"] is None) != (template_store is None):
+    if meta["num_leaves"] != len(leaves) or (meta["client_ids"] is None) != (
+        template_store is None
+    ):
         manager.close()
         raise CheckpointMismatchError(
             f"The checkpoint of round {round_num} in {os.fspath(directory)!r} holds "
@@ -164,7 +172,9 @@ def restore_state(directory, template_state, round_num: int | None = None):
             f"the template has {len(leaves)} (client states: {template_store is not None}). "
             "Restore it with the model, algorithm and optimizer that wrote it."
         )
-    targets = {_key(i): np.asarray(leaf) if np.isscalar(leaf) else leaf for i, leaf in enumerate(leaves)}
+    targets = {
+        _key(i): np.asarray(leaf) if np.isscalar(leaf) else leaf for i, leaf in enumerate(leaves)
+    }
     ids = None
     if template_store is not None:
         ids = [_decode_id(encoded) for encoded in meta["client_ids"]]
@@ -205,7 +215,10 @@ def restore_state(directory, template_state, round_num: int | None = None):
 
 
 def _check_leaf(value, template_leaf, index, round_num) -> None:
-    expected = (np.shape(template_leaf), np.asarray(template_leaf).dtype if np.isscalar(template_leaf) else template_leaf.dtype)
+    expected = (
+        np.shape(template_leaf),
+        np.asarray(template_leaf).dtype if np.isscalar(template_leaf) else template_leaf.dtype,
+    )
     received = (np.shape(value), value.dtype)
     if expected != received:
         raise CheckpointMismatchError(

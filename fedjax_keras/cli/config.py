@@ -8,15 +8,21 @@ given on the command line. With ``--resume``, the run directory's saved
 
 import dataclasses
 import os
-import tomllib
 import typing
 
+import tomllib
 import yaml
 
 from fedjax_keras.cli._errors import UsageError
 
 ALGORITHMS = (
-    "fedavg", "fedavg_unweighted", "fedprox", "fedsgd", "scaffold", "fedadam", "fedyogi",
+    "fedavg",
+    "fedavg_unweighted",
+    "fedprox",
+    "fedsgd",
+    "scaffold",
+    "fedadam",
+    "fedyogi",
     "fedadagrad",
 )
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
@@ -61,8 +67,19 @@ class Config:
 FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 # Settings that define the experiment: a resumed run may not change them.
 FIXED_ON_RESUME = tuple(
-    name for name in FIELDS if name not in ("rounds", "eval_every", "checkpoint_every",
-                                            "keep_checkpoints", "run_dir", "progress", "chunk_size", "runner")
+    name
+    for name in FIELDS
+    if name
+    not in (
+        "rounds",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "run_dir",
+        "progress",
+        "chunk_size",
+        "runner",
+    )
 )
 
 
@@ -122,9 +139,13 @@ def read_config_file(path: str) -> dict:
             raise UsageError(f"--config: {path!r} must end in .yaml, .yml or .toml.")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         first = str(error).strip().splitlines()[0]
-        raise UsageError(f"--config: {path} is not valid {'TOML' if path.endswith('.toml') else 'YAML'} ({first}).") from None
+        raise UsageError(
+            f"--config: {path} is not valid {'TOML' if path.endswith('.toml') else 'YAML'} ({first})."
+        ) from None
     if not isinstance(raw, dict):
-        raise UsageError(f"--config: {path} must hold a mapping of settings; received {type(raw).__name__}.")
+        raise UsageError(
+            f"--config: {path} must hold a mapping of settings; received {type(raw).__name__}."
+        )
     settings = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
@@ -142,16 +163,32 @@ def resolve(base: dict, file_settings: dict, flag_settings: dict) -> Config:
 def validate(config: Config) -> None:
     """Raises UsageError for a value out of range or not among the choices."""
     if config.algorithm not in ALGORITHMS:
-        raise UsageError(f"--algorithm: unknown algorithm {config.algorithm!r}; expected one of {list(ALGORITHMS)}.")
+        raise UsageError(
+            f"--algorithm: unknown algorithm {config.algorithm!r}; expected one of {list(ALGORITHMS)}."
+        )
     if config.runner not in RUNNERS:
         raise UsageError(f"--runner: expected one of {list(RUNNERS)}; received {config.runner!r}.")
-    if config.chunk_size not in ("auto", "none") and not (config.chunk_size.isdigit() and int(config.chunk_size) > 0):
-        raise UsageError(f"--chunk-size: expected a positive int, 'auto' or 'none'; received {config.chunk_size!r}.")
-    for name in ("num_clients", "client_size", "batch_size", "epochs", "cohort_size", "eval_every",
-                 "checkpoint_every", "keep_checkpoints"):
+    if config.chunk_size not in ("auto", "none") and not (
+        config.chunk_size.isdigit() and int(config.chunk_size) > 0
+    ):
+        raise UsageError(
+            f"--chunk-size: expected a positive int, 'auto' or 'none'; received {config.chunk_size!r}."
+        )
+    for name in (
+        "num_clients",
+        "client_size",
+        "batch_size",
+        "epochs",
+        "cohort_size",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
         value = getattr(config, name)
         if value < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected an int >= 1; received {value!r}.")
+            raise UsageError(
+                f"--{name.replace('_', '-')}: expected an int >= 1; received {value!r}."
+            )
     if config.rounds < 0:
         raise UsageError(f"--rounds: expected an int >= 0; received {config.rounds!r}.")
     if config.num_classes is not None and config.num_classes < 2:
@@ -159,11 +196,15 @@ def validate(config: Config) -> None:
     for name in ("client_lr", "server_lr"):
         value = getattr(config, name)
         if value is not None and not value > 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a number > 0; received {value!r}.")
+            raise UsageError(
+                f"--{name.replace('_', '-')}: expected a number > 0; received {value!r}."
+            )
     if not config.mu >= 0:
         raise UsageError(f"--mu: expected a number >= 0; received {config.mu!r}.")
     if not 0 < config.test_fraction < 1:
-        raise UsageError(f"--test-fraction: expected a number in (0, 1); received {config.test_fraction!r}.")
+        raise UsageError(
+            f"--test-fraction: expected a number in (0, 1); received {config.test_fraction!r}."
+        )
 
 
 def to_dict(config: Config) -> dict:

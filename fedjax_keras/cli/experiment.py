@@ -64,19 +64,30 @@ def build_process(config, model: Model, task: Task):
     client = optax.sgd(config.client_lr)
     name, server_lr = config.algorithm, config.server_lr
     if name == "fedavg":
-        return algorithms.build_weighted_fed_avg(model, client, optax.sgd(server_lr or 1.0), **engine)
+        return algorithms.build_weighted_fed_avg(
+            model, client, optax.sgd(server_lr or 1.0), **engine
+        )
     if name == "fedavg_unweighted":
-        return algorithms.build_unweighted_fed_avg(model, client, optax.sgd(server_lr or 1.0), **engine)
+        return algorithms.build_unweighted_fed_avg(
+            model, client, optax.sgd(server_lr or 1.0), **engine
+        )
     if name == "fedprox":
-        return algorithms.build_fed_prox(model, client, optax.sgd(server_lr or 1.0), mu=config.mu, **engine)
+        return algorithms.build_fed_prox(
+            model, client, optax.sgd(server_lr or 1.0), mu=config.mu, **engine
+        )
     if name == "fedsgd":
         if config.epochs != 1:
-            raise UsageError(f"--epochs: fedsgd computes one gradient per client; expected 1, received {config.epochs}.")
+            raise UsageError(
+                f"--epochs: fedsgd computes one gradient per client; expected 1, received {config.epochs}."
+            )
         return algorithms.build_fed_sgd(model, optax.sgd(server_lr or 0.1), **engine)
     if name == "scaffold":
         return algorithms.build_scaffold(
-            model, config.client_lr, optax.sgd(server_lr or 1.0),
-            population_size=task.train.num_clients, **engine,
+            model,
+            config.client_lr,
+            optax.sgd(server_lr or 1.0),
+            population_size=task.train.num_clients,
+            **engine,
         )
     # Adaptive server optimizers with Reddi et al.'s (arXiv:2003.00295) tau = 1e-3.
     server = {

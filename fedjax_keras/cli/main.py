@@ -30,7 +30,7 @@ HELP = {
     "task_seed": "seed of the built-in task's data",
     "test_fraction": "fraction of each client's examples held out for evaluation",
     "model": "emnist_cnn, small_cnn, char_lstm, logreg, mlp, or package.module:function "
-             "(default: small_cnn for images, char_lstm for text, logreg otherwise)",
+    "(default: small_cnn for images, char_lstm for text, logreg otherwise)",
     "algorithm": "fedavg, fedavg_unweighted, fedprox, fedsgd, scaffold, fedadam, fedyogi, fedadagrad",
     "client_lr": "client SGD learning rate",
     "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; fedadagrad 0.1)",
@@ -62,15 +62,24 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fedjax-keras", description="Federated learning simulation for Keras 3 models on JAX.")
+    parser = _Parser(
+        prog="fedjax-keras", description="Federated learning simulation for Keras 3 models on JAX."
+    )
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     sim = commands.add_parser(
-        "simulate", help="run a federated experiment",
+        "simulate",
+        help="run a federated experiment",
         description="Run a federated experiment. Defaults: FedAvg on the built-in EMNIST-like task.",
         argument_default=argparse.SUPPRESS,
     )
-    sim.add_argument("--config", help="YAML (.yaml/.yml) or TOML (.toml) file of settings; flags override it")
-    sim.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
+    sim.add_argument(
+        "--config", help="YAML (.yaml/.yml) or TOML (.toml) file of settings; flags override it"
+    )
+    sim.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its newest checkpoint",
+    )
     for name, field in config_lib.FIELDS.items():
         flag = "--" + name.replace("_", "-")
         default = field.default
@@ -105,14 +114,18 @@ def _resolve(argv):
         config = config_lib.resolve({}, file_settings, flags)
         if config.run_dir is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            config.run_dir = os.path.join("runs", f"{config.task_file and 'file' or config.task}-{config.algorithm}-{stamp}")
+            config.run_dir = os.path.join(
+                "runs", f"{config.task_file and 'file' or config.task}-{config.algorithm}-{stamp}"
+            )
         return config, False
     run_dir = flags.get("run_dir") or file_settings.get("run_dir")
     if not run_dir:
         raise UsageError("--resume: expected --run-dir DIR, the directory of the run to continue.")
     saved_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(saved_path):
-        raise UsageError(f"--resume: {run_dir!r} holds no run (no config.yaml); expected the --run-dir of an earlier run.")
+        raise UsageError(
+            f"--resume: {run_dir!r} holds no run (no config.yaml); expected the --run-dir of an earlier run."
+        )
     saved = config_lib.read_config_file(saved_path)
     for name, value in {**file_settings, **flags}.items():
         if name in config_lib.FIXED_ON_RESUME and value != saved.get(name):
@@ -139,7 +152,9 @@ def simulate(config, resume: bool) -> int:
     task = load_task(config)
     model = build_model(config, task)
     process = build_process(config, model, task)
-    evaluator = build_fed_eval(model, batch_size=max(config.batch_size, 50), chunk_size=process.chunk_size)
+    evaluator = build_fed_eval(
+        model, batch_size=max(config.batch_size, 50), chunk_size=process.chunk_size
+    )
     test = eval_population(task)
     config_lib.write_yaml(config, run.config_path)
 
@@ -188,7 +203,9 @@ def simulate(config, resume: bool) -> int:
             run.append(row)
             progress.update(row)
             if done % config.checkpoint_every == 0 or done == config.rounds:
-                checkpoint.save_state(run.checkpoints, state, done, max_to_keep=config.keep_checkpoints)
+                checkpoint.save_state(
+                    run.checkpoints, state, done, max_to_keep=config.keep_checkpoints
+                )
             if kill_after is not None and done == int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)
     except KeyboardInterrupt:

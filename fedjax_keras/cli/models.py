@@ -72,7 +72,9 @@ def char_lstm(input_shape, num_classes, seed=0) -> keras.Model:
                 kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
                 recurrent_initializer=keras.initializers.Orthogonal(seed=seed),
             ),
-            keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
+            keras.layers.Dense(
+                num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed)
+            ),
         ],
         name="char_lstm",
     )
@@ -84,7 +86,9 @@ def logistic_regression(input_shape, num_classes, seed=0) -> keras.Model:
         [
             keras.Input(input_shape),
             keras.layers.Flatten(),
-            keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
+            keras.layers.Dense(
+                num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed)
+            ),
         ],
         name="logistic_regression",
     )

@@ -28,15 +28,22 @@ class RoundProgress:
                 TextColumn("[bold]round"),
                 MofNCompleteColumn(),
                 BarColumn(),
-                TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  "
-                           "eval acc {task.fields[eval_acc]}  {task.fields[speed]} clients/s"),
+                TextColumn(
+                    "loss {task.fields[loss]}  acc {task.fields[acc]}  "
+                    "eval acc {task.fields[eval_acc]}  {task.fields[speed]} clients/s"
+                ),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=self.console,
             )
             self._task = self._progress.add_task(
-                "rounds", total=total_rounds, completed=start_round,
-                loss="-", acc="-", eval_acc="-", speed="-",
+                "rounds",
+                total=total_rounds,
+                completed=start_round,
+                loss="-",
+                acc="-",
+                eval_acc="-",
+                speed="-",
             )
             self._progress.start()
 
@@ -47,7 +54,8 @@ class RoundProgress:
                 completed=row["round"],
                 loss=_fmt(row["train_loss"]),
                 acc=_fmt(row.get("train_accuracy"), 3),
-                eval_acc=_fmt(row.get("eval_accuracy"), 3) if row.get("eval_accuracy") is not None
+                eval_acc=_fmt(row.get("eval_accuracy"), 3)
+                if row.get("eval_accuracy") is not None
                 else self._progress.tasks[0].fields["eval_acc"],
                 speed=f"{row['clients_per_second']:.1f}",
             )
@@ -75,8 +83,12 @@ def print_summary(rows: list[dict], run_dir: str, seconds: float, title: str) ->
 
     def add(label, row):
         table.add_row(
-            label, str(row["round"]), _fmt(row.get("train_loss")), _fmt(row.get("train_accuracy"), 3),
-            _fmt(row.get("eval_loss")), _fmt(row.get("eval_accuracy"), 3),
+            label,
+            str(row["round"]),
+            _fmt(row.get("train_loss")),
+            _fmt(row.get("train_accuracy"), 3),
+            _fmt(row.get("eval_loss")),
+            _fmt(row.get("eval_accuracy"), 3),
         )
 
     evaluated = [row for row in rows if row.get("eval_accuracy") is not None]
@@ -88,4 +100,6 @@ def print_summary(rows: list[dict], run_dir: str, seconds: float, title: str) ->
     console.print(table)
     speeds = [row["clients_per_second"] for row in rows]
     speed = f", median {sorted(speeds)[len(speeds) // 2]:.1f} clients/s" if speeds else ""
-    console.print(f"{len(rows)} rounds logged in {seconds:.1f} s this run{speed}. Run directory: {run_dir}")
+    console.print(
+        f"{len(rows)} rounds logged in {seconds:.1f} s this run{speed}. Run directory: {run_dir}"
+    )

@@ -16,9 +16,18 @@ import os
 from fedjax_keras.cli._errors import UsageError
 
 COLUMNS = (
-    "round", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "num_clients",
-    "num_examples", "num_dropped_clients", "round_seconds", "clients_per_second",
-    "examples_per_second", "elapsed_seconds",
+    "round",
+    "train_loss",
+    "train_accuracy",
+    "eval_loss",
+    "eval_accuracy",
+    "num_clients",
+    "num_examples",
+    "num_dropped_clients",
+    "round_seconds",
+    "clients_per_second",
+    "examples_per_second",
+    "elapsed_seconds",
 )
 
 
@@ -88,8 +97,7 @@ class RunDir:
     def _rewrite(self) -> None:
         tmp = self.jsonl_path + ".tmp"
         with open(tmp, "w") as f:
-            for row in self.rows:
-                f.write(json.dumps(row) + "\n")
+            f.writelines(json.dumps(row) + "\n" for row in self.rows)
         os.replace(tmp, self.jsonl_path)
         self._write_csv()
 

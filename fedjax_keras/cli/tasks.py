@@ -44,8 +44,9 @@ def load_task(config) -> Task:
       UsageError: unknown task, missing or unreadable file, bad task parameters.
     """
     if config.task_file:
-        population, name = _load_file(config.task_file, config.task_format), os.path.basename(
-            os.path.normpath(config.task_file)
+        population, name = (
+            _load_file(config.task_file, config.task_format),
+            os.path.basename(os.path.normpath(config.task_file)),
         )
     else:
         population, name = _built_in(config), config.task
@@ -83,8 +84,11 @@ def _built_in(config) -> fk_data.FederatedData:
                 per_client=int(config.client_size), num_classes=config.num_classes or 10, **kwargs
             )
         return fk_data.synthetic_leaf(
-            alpha=config.alpha, beta=config.beta, num_classes=config.num_classes or 10,
-            size_median=config.client_size, **kwargs,
+            alpha=config.alpha,
+            beta=config.beta,
+            num_classes=config.num_classes or 10,
+            size_median=config.client_size,
+            **kwargs,
         )
     except ValueError as error:
         raise UsageError(f"--task {config.task}: {error}") from None
@@ -97,7 +101,9 @@ def _load_file(path: str, file_format: str) -> fk_data.FederatedData:
             ".json file or directory."
         )
     if file_format not in FILE_FORMATS:
-        raise UsageError(f"--task-format: expected one of {list(FILE_FORMATS)}; received {file_format!r}.")
+        raise UsageError(
+            f"--task-format: expected one of {list(FILE_FORMATS)}; received {file_format!r}."
+        )
     if file_format == "auto":
         is_h5 = path.endswith((".h5", ".hdf5"))
         file_format = "tff_h5" if is_h5 else "leaf_json"
@@ -107,7 +113,9 @@ def _load_file(path: str, file_format: str) -> fk_data.FederatedData:
         return fk_data.load_leaf_json(path, preprocess=_leaf_preprocess)
     except (OSError, KeyError, ValueError, ImportError, TypeError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        raise UsageError(f"--task-file {path}: cannot read it as {file_format} ({message}).") from None
+        raise UsageError(
+            f"--task-file {path}: cannot read it as {file_format} ({message})."
+        ) from None
 
 
 def _h5_preprocess(path):
