@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from engine_reference import local_train, make_clients, sliced_batches, wrap
+from engine_reference import make_clients, sliced_batches, wrap
 
 import fedjax_keras  # noqa: F401
 from fedjax_keras.client import (
@@ -61,12 +61,8 @@ def test_scan_equals_train_step_loop(model, run_adam):
     data = client.client(0)
     batches = sliced_batches(data["x"], data["y"], BATCH)
     keys = [step_key(key, s) for s in range(len(batches))]
-    expected = local_train(model, model.initial_weights, batches, ADAM, keys)
-    assert_trees_all_close(carry.weights, expected, rtol=1e-5, atol=1e-6)
-    # Adam's step counter saw exactly the three real steps.
-    assert int(carry.optimizer_state[0].count) == 3
-    assert int(carry.num_examples) == 8 and int(carry.num_steps) == 3
-    # loss_sum: each step's loss (before the step) times its example count.
+    # The reference: Model.train_step batch by batch; loss_sum adds each step's
+    # loss (before the step) times its example count.
     step = jax.jit(lambda w, st, b, k: model.train_step(w, st, b, rng=k, optimizer=ADAM))
     weights, state, loss_sum = (
         model.initial_weights,
@@ -76,6 +72,11 @@ def test_scan_equals_train_step_loop(model, run_adam):
     for batch, k in zip(batches, keys):
         weights, state, output = step(weights, state, batch, k)
         loss_sum += float(output.loss) * len(batch["y"])
+    assert_trees_all_close(carry.weights, weights, rtol=1e-5, atol=1e-6)
+    assert_trees_all_close(carry.optimizer_state, state, rtol=1e-5, atol=1e-6)
+    # Adam's step counter saw exactly the three real steps.
+    assert int(carry.optimizer_state[0].count) == 3
+    assert int(carry.num_examples) == 8 and int(carry.num_steps) == 3
     assert float(carry.loss_sum) == pytest.approx(loss_sum, rel=1e-5)
 
 

@@ -18,7 +18,9 @@ BATCH = 3
 @pytest.fixture(scope="module")
 def dropout_process():
     model = wrap(toy_models.mlp(dropout=0.5, seed=21))
-    return build_weighted_fed_avg(model, optax.sgd(0.1), batch_size=BATCH, chunk_size=2)
+    return build_weighted_fed_avg(
+        model, optax.sgd(0.1), batch_size=BATCH, chunk_size=2, step_buckets=[4]
+    )
 
 
 def _run(process, cohort, seed, rounds=2):
@@ -65,7 +67,13 @@ def dense_model():
 @pytest.mark.parametrize("runner", ["vmap", "sequential"])
 def test_nan_client_is_dropped_and_round_equals_round_without_it(dense_model, runner):
     process = build_weighted_fed_avg(
-        dense_model, optax.sgd(0.1), optax.adam(0.01), batch_size=BATCH, chunk_size=2, runner=runner
+        dense_model,
+        optax.sgd(0.1),
+        optax.adam(0.01),
+        batch_size=BATCH,
+        chunk_size=2,
+        step_buckets=[2],
+        runner=runner,
     )
     cohort = make_clients([5, 3, 4], seed=27)
     state = process.initialize(0)
