@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 
 import fedjax_keras  # noqa: F401  (selects the JAX backend before keras loads)
-import keras
 
-DATA_DIR = Path(os.environ.get("FEDJAX_KERAS_BENCH_DATA", Path(__file__).resolve().parent.parent / "bench_data"))
+DATA_DIR = Path(
+    os.environ.get("FEDJAX_KERAS_BENCH_DATA", Path(__file__).resolve().parent.parent / "bench_data")
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +35,19 @@ class Protocol:
 def emnist_cnn() -> keras.Model:
     """Protocol A's model (the EMNIST CNN of the TFF and FedJAX baselines)."""
     layers = keras.layers
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, activation="relu"),
-        layers.Conv2D(64, 3, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Dropout(0.25),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.Dropout(0.5),
-        layers.Dense(62),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.25),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(62),
+        ]
+    )
 
 
 def softmax_regression() -> keras.Model:
@@ -54,24 +58,32 @@ def softmax_regression() -> keras.Model:
 def cifar_cnn() -> keras.Model:
     """Protocol D's model."""
     layers = keras.layers
-    return keras.Sequential([
-        keras.Input((32, 32, 3)),
-        layers.Conv2D(32, 3, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Flatten(),
-        layers.Dense(64, activation="relu"),
-        layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(10),
+        ]
+    )
 
 
 PROTOCOLS = {
     "A": Protocol("A", "emnist_like.npz", 20, 0.05, 20, emnist_cnn),
     "B": Protocol("B", "synthetic_small.npz", 100, 0.01, 10, softmax_regression),
-    "C100": Protocol("C100", "synthetic_small.npz", 100, 0.01, 10, softmax_regression, replace=True),
-    "C1000": Protocol("C1000", "synthetic_small.npz", 1000, 0.01, 10, softmax_regression, replace=True),
-    "C10000": Protocol("C10000", "synthetic_small.npz", 10000, 0.01, 10, softmax_regression, replace=True),
+    "C100": Protocol(
+        "C100", "synthetic_small.npz", 100, 0.01, 10, softmax_regression, replace=True
+    ),
+    "C1000": Protocol(
+        "C1000", "synthetic_small.npz", 1000, 0.01, 10, softmax_regression, replace=True
+    ),
+    "C10000": Protocol(
+        "C10000", "synthetic_small.npz", 10000, 0.01, 10, softmax_regression, replace=True
+    ),
     "D": Protocol("D", "cifar_like.npz", 50, 0.1, 10, cifar_cnn),
 }
 
@@ -92,11 +104,18 @@ def ensure_data() -> Path:
     else:
         from fedjax_keras import data
 
-        for name, make in [("emnist_like", data.emnist_like), ("synthetic_small", data.synthetic_leaf),
-                           ("cifar_like", data.cifar_like)]:
+        for name, make in [
+            ("emnist_like", data.emnist_like),
+            ("synthetic_small", data.synthetic_leaf),
+            ("cifar_like", data.cifar_like),
+        ]:
             fd = make()
-            np.savez(DATA_DIR / f"{name}.npz", x=fd.examples["x"], y=fd.examples["y"],
-                     client_offsets=fd.client_offsets)
+            np.savez(
+                DATA_DIR / f"{name}.npz",
+                x=fd.examples["x"],
+                y=fd.examples["y"],
+                client_offsets=fd.client_offsets,
+            )
     return DATA_DIR
 
 

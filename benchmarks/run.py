@@ -50,12 +50,14 @@ def _accuracy(model, weights, x, y) -> float:
     predict = jax.jit(lambda w, xb: model.apply(w, xb).argmax(-1))
     correct = 0
     for start in range(0, len(x), 2000):
-        correct += int((np.asarray(predict(weights, x[start : start + 2000])) == y[start : start + 2000]).sum())
+        correct += int(
+            (np.asarray(predict(weights, x[start : start + 2000])) == y[start : start + 2000]).sum()
+        )
     return correct / len(x)
 
 
 def _timed_rounds(protocol, num_rounds, run_round):
-    """Calls run_round(r) for r in 0..num_rounds-1; returns per-round (seconds, examples) for 1..5."""
+    """Calls run_round(r) for every round; returns (seconds, examples) of rounds 1..5."""
     timed = []
     for r in range(num_rounds):
         start = time.perf_counter()
@@ -70,20 +72,27 @@ def run_fedjax_keras(protocol, args):
     import jax
     import keras
     import optax
+    from protocols import cohort_positions, load
 
     import fedjax_keras
-    from protocols import cohort_positions, load
 
     x, y, offsets = load(protocol)
     data = fedjax_keras.data.FederatedData.from_arrays(x, y, offsets)
     model = fedjax_keras.from_keras_model(
-        protocol.make_model(), {"x": x[:2], "y": y[:2]}, loss=_loss(),
+        protocol.make_model(),
+        {"x": x[:2], "y": y[:2]},
+        loss=_loss(),
         metrics=[keras.metrics.SparseCategoricalAccuracy()],
     )
     process = fedjax_keras.algorithms.build_weighted_fed_avg(
-        model, client_optimizer=optax.sgd(protocol.client_lr), server_optimizer=optax.sgd(1.0),
-        batch_size=protocol.batch_size, epochs=1, shuffle=True,
-        chunk_size=args.chunk_size, runner=args.runner,
+        model,
+        client_optimizer=optax.sgd(protocol.client_lr),
+        server_optimizer=optax.sgd(1.0),
+        batch_size=protocol.batch_size,
+        epochs=1,
+        shuffle=True,
+        chunk_size=args.chunk_size,
+        runner=args.runner,
     )
     state = [process.initialize(seed=0)]
     info = {}
@@ -106,18 +115,22 @@ def run_sequential(protocol, args):
     import jax.numpy as jnp
     import numpy as np
     import optax
+    from protocols import cohort_positions, load
 
     import fedjax_keras
-    from protocols import cohort_positions, load
 
     x, y, offsets = load(protocol)
     model = fedjax_keras.from_keras_model(
-        protocol.make_model(), {"x": x[:2], "y": y[:2]}, loss=_loss(),
+        protocol.make_model(),
+        {"x": x[:2], "y": y[:2]},
+        loss=_loss(),
         optimizer=optax.sgd(protocol.client_lr),
     )
     b = protocol.batch_size
     step = jax.jit(model.train_step)
-    add_scaled = jax.jit(lambda acc, w, s, n: jax.tree.map(lambda a, wi, si: a + n * (wi - si), acc, w, s))
+    add_scaled = jax.jit(
+        lambda acc, w, s, n: jax.tree.map(lambda a, wi, si: a + n * (wi - si), acc, w, s)
+    )
     finish = jax.jit(lambda s, acc, total: jax.tree.map(lambda si, a: si + a / total, s, acc))
     server = [model.initial_weights]
     rng = np.random.default_rng(0)
@@ -138,13 +151,17 @@ def run_sequential(protocol, args):
                 yb = np.concatenate([y[rows], np.zeros((pad,), y.dtype)])
                 mask = np.arange(b) < len(rows)
                 weights, opt_state, _ = step(
-                    weights, opt_state, {"x": xb, "y": yb, "mask": mask},
+                    weights,
+                    opt_state,
+                    {"x": xb, "y": yb, "mask": mask},
                     rng=jax.random.fold_in(key, r * 1_000_003 + int(c) * 1000 + i),
                 )
             n = hi - lo
             acc = add_scaled(acc, weights.trainable, server[0].trainable, jnp.float32(n))
             total += n
-        server[0] = server[0]._replace(trainable=finish(server[0].trainable, acc, jnp.float32(total)))
+        server[0] = server[0]._replace(
+            trainable=finish(server[0].trainable, acc, jnp.float32(total))
+        )
         jax.block_until_ready(server[0])
         return total
 
@@ -156,13 +173,15 @@ def run_sequential(protocol, args):
 def run_keras_loop(protocol, args):
     import keras
     import numpy as np
+    from protocols import cohort_positions, load
 
     import fedjax_keras  # noqa: F401
-    from protocols import cohort_positions, load
 
     x, y, offsets = load(protocol)
     net = protocol.make_model()
-    net.compile(optimizer=keras.optimizers.SGD(protocol.client_lr), loss=_loss(), metrics=["accuracy"])
+    net.compile(
+        optimizer=keras.optimizers.SGD(protocol.client_lr), loss=_loss(), metrics=["accuracy"]
+    )
     server = [net.get_weights()]
 
     def run_round(r):
@@ -170,7 +189,14 @@ def run_keras_loop(protocol, args):
         for c in cohort_positions(protocol, r, len(offsets) - 1):
             lo, hi = offsets[c], offsets[c + 1]
             net.set_weights(server[0])
-            net.fit(x[lo:hi], y[lo:hi], batch_size=protocol.batch_size, epochs=1, shuffle=True, verbose=0)
+            net.fit(
+                x[lo:hi],
+                y[lo:hi],
+                batch_size=protocol.batch_size,
+                epochs=1,
+                shuffle=True,
+                verbose=0,
+            )
             n = hi - lo
             for a, w in zip(acc, net.get_weights()):
                 a += n * w
@@ -186,13 +212,16 @@ def run_keras_loop(protocol, args):
     return timed, accuracy, {}
 
 
-RUNNERS = {"fedjax_keras": run_fedjax_keras, "sequential": run_sequential, "keras_loop": run_keras_loop}
+RUNNERS = {
+    "fedjax_keras": run_fedjax_keras,
+    "sequential": run_sequential,
+    "keras_loop": run_keras_loop,
+}
 
 
 def run_one(protocol_name: str, system: str, args) -> dict:
-    from protocols import PROTOCOLS
-
     import keras
+    from protocols import PROTOCOLS
 
     protocol = PROTOCOLS[protocol_name]
     keras.utils.set_random_seed(0)  # the same initial weights for every system
@@ -221,16 +250,24 @@ def _machine() -> str:
     except (OSError, StopIteration):
         pass
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return (f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()} "
-            f"({devices}), keras {keras.__version__}, python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()} "
+        f"({devices}), keras {keras.__version__}, python {platform.python_version()}"
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--protocols", nargs="+", default=["A", "B", "C100", "C1000", "C10000"])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
-    parser.add_argument("--rounds", type=int, default=ACCURACY_ROUNDS,
-                        help="rounds per run (>= 10 also reports accuracy; >= 6 needed for timing)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ACCURACY_ROUNDS,
+        help="rounds per run (>= 10 also reports accuracy; >= 6 needed for timing)",
+    )
     parser.add_argument("--runner", default="auto")
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
@@ -248,8 +285,17 @@ def main():
         for system in args.systems:
             if protocol.startswith("C") and system != "fedjax_keras":
                 continue  # Protocol C measures the engine's scaling only.
-            command = [sys.executable, __file__, "--one", protocol, system, "--rounds", str(args.rounds),
-                       "--runner", args.runner]
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                protocol,
+                system,
+                "--rounds",
+                str(args.rounds),
+                "--runner",
+                args.runner,
+            ]
             if args.chunk_size:
                 command += ["--chunk-size", str(args.chunk_size)]
             done = subprocess.run(command, capture_output=True, text=True)
@@ -257,11 +303,14 @@ def main():
             if done.returncode or not lines:
                 print(f"{protocol} {system} failed:\n{done.stderr[-3000:]}", flush=True)
                 continue
-            row = json.loads(lines[-1][len("RESULT "):])
+            row = json.loads(lines[-1][len("RESULT ") :])
             rows.append(row)
             print(_format(row), flush=True)
     print()
-    print("| protocol | system | s/round (median) | examples/s (median) | accuracy after 10 rounds | peak RSS |")
+    print(
+        "| protocol | system | s/round (median) | examples/s (median) "
+        "| accuracy after 10 rounds | peak RSS |"
+    )
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(_format(row))
@@ -272,8 +321,10 @@ def main():
 def _format(row) -> str:
     accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
     extra = f" ({row['runner']}, padding {row['padding']})" if "runner" in row else ""
-    return (f"| {row['protocol']} | {row['system']}{extra} | {row['seconds_per_round']:.4f} | "
-            f"{row['examples_per_second']:,.0f} | {accuracy} | {row['peak_rss_mib']:,.0f} MiB |")
+    return (
+        f"| {row['protocol']} | {row['system']}{extra} | {row['seconds_per_round']:.4f} | "
+        f"{row['examples_per_second']:,.0f} | {accuracy} | {row['peak_rss_mib']:,.0f} MiB |"
+    )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """fedjax_keras: fast federated-learning simulation for Keras 3 models on JAX."""
 
 # models/ must be imported first: it selects the JAX backend before keras loads.
-from fedjax_keras import models as models
 from fedjax_keras import aggregation as aggregation
 from fedjax_keras import algorithms as algorithms
 from fedjax_keras import client as client
 from fedjax_keras import data as data
 from fedjax_keras import errors as errors
 from fedjax_keras import metrics as metrics
+from fedjax_keras import models as models
 from fedjax_keras import optimizers as optimizers
 from fedjax_keras import testing as testing
 from fedjax_keras.data import FederatedData as FederatedData

@@ -52,7 +52,7 @@ def make_clients(sizes, x_shape=(4,), *, seed=0, ids=None) -> FederatedData:
 
 # ------------------------------------------------------------------ batches, keys
 def round_seeds(seed: int, round_num: int):
-    """(shuffle seed for plan_cohort, round key) of round ``round_num``; as the engine derives them."""
+    """(plan_cohort shuffle seed, round key) of round ``round_num``, derived as the engine does."""
     return seed * 2**32 + round_num, round_key(np.array([seed, round_num], np.uint32))
 
 

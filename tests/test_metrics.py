@@ -71,7 +71,8 @@ def test_merged_clients_equal_their_union_and_keras(model):
         np.testing.assert_allclose(model.finalize_metrics(union)[name], expected[name], rtol=1e-5)
     # Not the mean of the two clients' accuracies (5 and 8 examples weigh differently).
     per_client = [
-        model.finalize_metrics(_state(model, l, y))["accuracy"] for l, y in zip(LOGITS, LABELS)
+        model.finalize_metrics(_state(model, logits, y))["accuracy"]
+        for logits, y in zip(LOGITS, LABELS)
     ]
     assert not np.isclose(np.mean(per_client), actual["accuracy"])
 

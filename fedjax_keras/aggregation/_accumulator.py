@@ -7,7 +7,8 @@ with `jnp.where` (never multiplied by a zero weight: ``0 * NaN`` is NaN) and
 counted in ``num_dropped``.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

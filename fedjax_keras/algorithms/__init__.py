@@ -1,4 +1,7 @@
-"""Federated algorithms with TFF's builder names: FedAvg, FedOpt, FedProx, FedSGD, SCAFFOLD, evaluation."""
+"""Federated algorithms with TFF's builder names.
+
+FedAvg (weighted, unweighted), FedOpt, FedProx, FedSGD, SCAFFOLD, evaluation.
+"""
 
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg

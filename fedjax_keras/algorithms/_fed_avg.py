@@ -82,7 +82,9 @@ def fed_avg_spec(
         start_non_trainable = (
             client_state if non_trainable == "per_client" else server.non_trainable
         )
-        return start_training(model, client_opt, ModelWeights(server.trainable, start_non_trainable))
+        return start_training(
+            model, client_opt, ModelWeights(server.trainable, start_non_trainable)
+        )
 
     def finish(carry: TrainCarry, broadcast, client_state) -> ClientOutput:
         final = carry.weights
@@ -156,8 +158,12 @@ def build_weighted_fed_avg(
       ['loss', 'num_clients', 'num_dropped_clients']
     """
     spec = fed_avg_spec(
-        model, client_optimizer, default_server_optimizer(server_optimizer),
-        weighting="num_examples", non_trainable=non_trainable, name="weighted_fed_avg",
+        model,
+        client_optimizer,
+        default_server_optimizer(server_optimizer),
+        weighting="num_examples",
+        non_trainable=non_trainable,
+        name="weighted_fed_avg",
     )
     return FederatedProcess(model, spec, **engine_options)
 
@@ -175,8 +181,12 @@ def build_unweighted_fed_avg(
     Same arguments as `build_weighted_fed_avg`.
     """
     spec = fed_avg_spec(
-        model, client_optimizer, default_server_optimizer(server_optimizer),
-        weighting="uniform", non_trainable=non_trainable, name="unweighted_fed_avg",
+        model,
+        client_optimizer,
+        default_server_optimizer(server_optimizer),
+        weighting="uniform",
+        non_trainable=non_trainable,
+        name="unweighted_fed_avg",
     )
     return FederatedProcess(model, spec, **engine_options)
 

@@ -5,7 +5,6 @@ data (inference mode, no update), unfinalized metric states are summed over
 clients, and the sum is finalized once.
 """
 
-import jax
 import jax.numpy as jnp
 
 from fedjax_keras.aggregation import ClientOutput
@@ -31,7 +30,9 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
     """
     options = {"shuffle": False, **engine_options}
     if options.get("epochs", 1) != 1:
-        raise ValueError(f"Evaluation reads each example once; epochs must be 1, not {options.get('epochs')}.")
+        raise ValueError(
+            f"Evaluation reads each example once; epochs must be 1, not {options.get('epochs')}."
+        )
 
     def start(broadcast, client_state):
         return (model.init_metrics(), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))

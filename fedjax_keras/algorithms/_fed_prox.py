@@ -43,7 +43,12 @@ def build_fed_prox(
         )
 
     spec = fed_avg_spec(
-        model, client_optimizer, default_server_optimizer(server_optimizer), weighting=weighting,
-        non_trainable=non_trainable, grad_correction=proximal, name="fed_prox",
+        model,
+        client_optimizer,
+        default_server_optimizer(server_optimizer),
+        weighting=weighting,
+        non_trainable=non_trainable,
+        grad_correction=proximal,
+        name="fed_prox",
     )
     return FederatedProcess(model, spec, **engine_options)

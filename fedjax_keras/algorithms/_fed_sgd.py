@@ -42,10 +42,14 @@ def build_fed_sgd(
     _check_choice(weighting, WEIGHTINGS, "weighting")
     options = {"shuffle": False, **engine_options}
     if options.get("epochs", 1) != 1:
-        raise ValueError(f"FedSGD computes one gradient per client; epochs must be 1, not {options.get('epochs')}.")
+        raise ValueError(
+            "FedSGD computes one gradient per client; epochs must be 1, not "
+            f"{options.get('epochs')}."
+        )
     template = model.initial_weights.trainable
     server_opt = as_optimizer(
-        optax.sgd(0.1) if server_optimizer is None else server_optimizer, template,
+        optax.sgd(0.1) if server_optimizer is None else server_optimizer,
+        template,
         argument="server_optimizer",
     )
 

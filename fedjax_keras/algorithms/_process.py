@@ -17,15 +17,22 @@ programs in its first rounds and none after.
 
 import dataclasses
 import zlib
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_keras.aggregation import Accumulator, ClientOutput, init_accumulator
-from fedjax_keras.client import Chunk, ChunkRunner, ClientBatchArrays, ClientProgram, ClientStateStore
+from fedjax_keras.aggregation import Accumulator, init_accumulator
+from fedjax_keras.client import (
+    Chunk,
+    ChunkRunner,
+    ClientBatchArrays,
+    ClientProgram,
+    ClientStateStore,
+)
 from fedjax_keras.client._runners import _chunk_data, choose_mode, default_mode
 from fedjax_keras.data import FederatedData, plan_cohort
 from fedjax_keras.models import Model, ModelWeights
@@ -117,9 +124,7 @@ def client_key_ids(client_ids) -> np.ndarray:
             return (ids.astype(np.int64) % (2**31 - 1)).astype(np.int32)
     except (TypeError, ValueError):
         pass
-    return np.array(
-        [zlib.crc32(str(cid).encode()) % (2**31 - 1) for cid in client_ids], np.int32
-    )
+    return np.array([zlib.crc32(str(cid).encode()) % (2**31 - 1) for cid in client_ids], np.int32)
 
 
 def _to_host_metrics(metrics: dict) -> dict:
@@ -188,8 +193,10 @@ class FederatedProcess:
             raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int; received {epochs!r}.")
-        if chunk_size is not None and chunk_size != "auto" and (
-            not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+        if (
+            chunk_size is not None
+            and chunk_size != "auto"
+            and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1)
         ):
             raise ValueError(
                 f"chunk_size must be a positive int, 'auto' or None; received {chunk_size!r}."
@@ -234,7 +241,11 @@ class FederatedProcess:
           ValueError: for a seed out of that range (the round's shuffle seed
             is ``seed * 2**32 + round_num``).
         """
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        if (
+            not isinstance(seed, (int, np.integer))
+            or isinstance(seed, bool)
+            or not 0 <= seed < 2**32
+        ):
             raise ValueError(f"seed must be an integer in [0, 2**32); received {seed!r}.")
         weights = self.model.initial_weights
         default = self.spec.client_state_default
@@ -390,12 +401,21 @@ class FederatedProcess:
                 chunk = jax.device_put(chunk)
             if acc is None:
                 acc = self._accumulator(broadcast, chunk, source)
-            args = (acc, broadcast, chunk, source, seed_and_round, valid, np.asarray(batches.num_steps))
+            args = (
+                acc,
+                broadcast,
+                chunk,
+                source,
+                seed_and_round,
+                valid,
+                np.asarray(batches.num_steps),
+            )
             if self.mode is None:
                 self.mode, self.runner_timings = self._choose_mode(args)
             acc, new_states = self._runner_for(self.mode)(*args)
             if store is not None:
-                store = store.scatter(chunk_ids, jax.tree.map(lambda a: a[valid], new_states))
+                kept_rows = jax.tree.map(lambda a, v=valid: a[v], new_states)
+                store = store.scatter(chunk_ids, kept_rows)
         if acc is None:
             raise ValueError("The cohort has no clients; sample at least one client per round.")
         population = self.population_size or (len(store) if store is not None else 0)

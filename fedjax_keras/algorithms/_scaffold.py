@@ -16,9 +16,9 @@ from fedjax_keras.aggregation import ClientOutput
 from fedjax_keras.algorithms._fed_avg import (
     WEIGHTINGS,
     _check_choice,
-    default_server_optimizer,
     apply_pseudo_gradient,
     client_weight,
+    default_server_optimizer,
 )
 from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
 from fedjax_keras.client import ClientProgram, TrainCarry, start_training, training_step
@@ -54,13 +54,13 @@ def build_scaffold(
         raise ValueError(f"population_size must be a positive int; received {population_size!r}.")
     lr = float(client_learning_rate)
     template = model.initial_weights.trainable
-    server_opt = as_optimizer(default_server_optimizer(server_optimizer), template, argument="server_optimizer")
+    server_opt = as_optimizer(
+        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
+    )
 
     def corrected(grads, trainable, context):
         broadcast, client_control = context
-        return jax.tree.map(
-            lambda g, c, ci: g + c - ci, grads, broadcast.extra, client_control
-        )
+        return jax.tree.map(lambda g, c, ci: g + c - ci, grads, broadcast.extra, client_control)
 
     client_opt = from_optax(optax.sgd(lr))
     step = training_step(model, client_opt, corrected)
@@ -73,7 +73,9 @@ def build_scaffold(
         steps = carry.num_steps.astype(jnp.float32)
         new_control = jax.tree.map(
             lambda ci, c, d: jnp.where(steps > 0, ci - c - d / (jnp.maximum(steps, 1.0) * lr), ci),
-            client_control, broadcast.extra, delta,
+            client_control,
+            broadcast.extra,
+            delta,
         )
         return ClientOutput(
             update=delta,
@@ -95,9 +97,11 @@ def build_scaffold(
 
     zeros = lambda weights: jax.tree.map(jnp.zeros_like, weights.trainable)  # noqa: E731
     spec = AlgorithmSpec(
-        "scaffold", ClientProgram(start, step, finish), server_fn, server_opt.init,
-        init_extra=zeros, client_state_default=zeros,
+        "scaffold",
+        ClientProgram(start, step, finish),
+        server_fn,
+        server_opt.init,
+        init_extra=zeros,
+        client_state_default=zeros,
     )
-    return FederatedProcess(
-        model, spec, population_size=population_size, **engine_options
-    )
+    return FederatedProcess(model, spec, population_size=population_size, **engine_options)

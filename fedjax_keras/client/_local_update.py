@@ -14,7 +14,8 @@ non-trainable state and the optimizer state, so clients with fewer batches than
 their chunk's step count end exactly where unpadded training would.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

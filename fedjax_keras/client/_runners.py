@@ -130,9 +130,7 @@ class ChunkRunner:
 
     # ------------------------------------------------------- host-driven steps
     def _start_group(self, broadcast, chunk: Chunk, indices):
-        return tuple(
-            self._program.start(broadcast, _take(chunk.client_state, i)) for i in indices
-        )
+        return tuple(self._program.start(broadcast, _take(chunk.client_state, i)) for i in indices)
 
     def _step_group(self, carries, broadcast, chunk: Chunk, source, indices, step, seed_and_round):
         new = []
@@ -141,7 +139,9 @@ class ChunkRunner:
             key = step_key(
                 client_key(round_key(seed_and_round), chunk.positions[i], chunk.key_ids[i]), step
             )
-            new.append(self._program.step(carry, batch, key, broadcast, _take(chunk.client_state, i)))
+            new.append(
+                self._program.step(carry, batch, key, broadcast, _take(chunk.client_state, i))
+            )
         return tuple(new)
 
     def _finish_group(self, acc, carries, broadcast, chunk: Chunk, indices, in_group):
@@ -151,11 +151,15 @@ class ChunkRunner:
         ]
         stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
         valid = jnp.stack([chunk.valid[i] for i in indices]) & in_group
-        old_states = jax.tree.map(lambda *a: jnp.stack(a), *[_take(chunk.client_state, i) for i in indices])
+        old_states = jax.tree.map(
+            lambda *a: jnp.stack(a), *[_take(chunk.client_state, i) for i in indices]
+        )
         acc, keep = accumulate(acc, stacked, valid, self._merge)
         return acc, _keep_or_old(keep, stacked.client_state, old_states)
 
-    def _run_stepwise(self, acc, broadcast, chunk: Chunk, source, seed_and_round, host_valid, host_steps):
+    def _run_stepwise(
+        self, acc, broadcast, chunk: Chunk, source, seed_and_round, host_valid, host_steps
+    ):
         real = np.flatnonzero(host_valid)
         group_states = []
         for begin in range(0, len(real), self.group_size):
@@ -170,7 +174,8 @@ class ChunkRunner:
                 )
             in_group = np.arange(self.group_size) < len(members)
             acc, states = self._finish(acc, carries, broadcast, chunk, indices, in_group)
-            group_states.append(jax.tree.map(lambda a: a[: len(members)], states))
+            kept = len(members)
+            group_states.append(jax.tree.map(lambda a, n=kept: a[:n], states))
         states = jax.tree.map(lambda *a: jnp.concatenate(a), *group_states)
         # Padding clients keep their (unused) rows, so the result is [clients, ...].
         order = np.full(len(host_valid), -1)
@@ -186,7 +191,14 @@ class ChunkRunner:
         )
 
     def __call__(
-        self, acc: Accumulator, broadcast, chunk: Chunk, source, seed_and_round, host_valid, host_steps
+        self,
+        acc: Accumulator,
+        broadcast,
+        chunk: Chunk,
+        source,
+        seed_and_round,
+        host_valid,
+        host_steps,
     ):
         """Runs one chunk.
 

@@ -176,7 +176,7 @@ class CohortPlan:
         )
 
     def chunk(self, index: int) -> ClientBatches:
-        """Materialises chunk ``index``: arrays [chunk_size, chunk_steps[index], batch_size, ...]."""
+        """Materialises chunk ``index``: arrays [chunk_size, chunk_steps[index], batch, ...]."""
         j = operator.index(index)
         if not 0 <= j < self.num_chunks:
             raise IndexError(f"index must be in [0, {self.num_chunks}), got {index!r}.")

@@ -102,8 +102,11 @@ class FederatedData:
         """Builds from parts already known valid (subset, split): skips validation."""
         data = object.__new__(cls)
         data._init(
-            tree_util.tree_map(_read_only, examples), _read_only(client_offsets), client_ids,
-            None, None,
+            tree_util.tree_map(_read_only, examples),
+            _read_only(client_offsets),
+            client_ids,
+            None,
+            None,
         )
         return data
 
@@ -439,7 +442,8 @@ def _normalise_client(examples: Any, what: str) -> Mapping:
         return {"x": examples[0], "y": examples[1]}
     raise TypeError(
         f"{what} must be a dict {{'x': ..., 'y': ...}} or a tuple (x, y), got "
-        f"{type(examples).__name__}{f' of length {len(examples)}' if isinstance(examples, tuple) else ''}."
+        f"{type(examples).__name__}"
+        f"{f' of length {len(examples)}' if isinstance(examples, tuple) else ''}."
     )
 
 

@@ -6,7 +6,8 @@ merged state is finalized. Accuracy over two clients merged therefore equals
 accuracy over their union, not the mean of the two accuracies.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +71,9 @@ class MetricSuite(NamedTuple):
         }
 
     def merge(self, a: dict, b: dict) -> dict:
-        return {metric.name: metric.merge(a[metric.name], b[metric.name]) for _, metric in self.metrics}
+        return {
+            metric.name: metric.merge(a[metric.name], b[metric.name]) for _, metric in self.metrics
+        }
 
     def finalize(self, state: dict) -> dict:
         return {metric.name: metric.finalize(state[metric.name]) for _, metric in self.metrics}

@@ -96,9 +96,7 @@ class Model:
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             outputs = self._keras_model(x, training=training)
             extra_losses = list(self._keras_model.losses)
-        new_non_trainable = {
-            path: scope.get_current_value(v) for path, v in layout.non_trainable
-        }
+        new_non_trainable = {path: scope.get_current_value(v) for path, v in layout.non_trainable}
         return outputs, new_non_trainable, extra_losses
 
     def _find_random_paths(self, x) -> tuple[str, ...]:
@@ -116,7 +114,8 @@ class Model:
                 before = [scope.get_current_value(v) for _, v in seeds]
                 self._keras_model(x, training=True)
                 advanced.extend(
-                    path for (path, v), old in zip(seeds, before)
+                    path
+                    for (path, v), old in zip(seeds, before)
                     if scope.get_current_value(v) is not old
                 )
             return 0
@@ -222,7 +221,9 @@ class Model:
         """The optimizer state for ``weights.trainable``."""
         return self.optimizer.init(weights.trainable)
 
-    def train_step(self, weights: ModelWeights, optimizer_state, batch, *, rng=None, optimizer=None):
+    def train_step(
+        self, weights: ModelWeights, optimizer_state, batch, *, rng=None, optimizer=None
+    ):
         """One gradient step on one batch, like Keras ``train_on_batch``.
 
         A batch whose mask is all zeros (a padded step) leaves the weights and
@@ -292,7 +293,9 @@ class Model:
         return self.metrics.finalize(state)
 
     # -------------------------------------------------------------- round trip
-    def to_keras(self, weights: ModelWeights, keras_model: keras.Model | None = None) -> keras.Model:
+    def to_keras(
+        self, weights: ModelWeights, keras_model: keras.Model | None = None
+    ) -> keras.Model:
         """Writes ``weights`` into a Keras model, matching variables by path.
 
         Args:
@@ -316,7 +319,8 @@ class Model:
         missing = sorted(set(variables) - set(given))
         unexpected = sorted(set(given) - set(variables))
         wrong_shape = sorted(
-            f"{path}: weights {tuple(np.shape(given[path]))} vs model {tuple(variables[path].shape)}"
+            f"{path}: weights {tuple(np.shape(given[path]))} "
+            f"vs model {tuple(variables[path].shape)}"
             for path in set(variables) & set(given)
             if tuple(np.shape(given[path])) != tuple(variables[path].shape)
         )
@@ -362,10 +366,12 @@ def _concrete_batch(dummy_batch, input_spec) -> Batch:
         batch = as_batch(input_spec)
         is_spec = lambda s: hasattr(s, "shape") and hasattr(s, "dtype")  # noqa: E731
         try:
-            return Batch(*(
-                None if part is None else jax.tree.map(_spec_to_zeros, part, is_leaf=is_spec)
-                for part in batch
-            ))
+            return Batch(
+                *(
+                    None if part is None else jax.tree.map(_spec_to_zeros, part, is_leaf=is_spec)
+                    for part in batch
+                )
+            )
         except (TypeError, AttributeError) as e:
             raise errors.InvalidBatchError(
                 f"input_spec leaves must have .shape and .dtype (jax.ShapeDtypeStruct, "
@@ -393,15 +399,20 @@ def _concrete_batch(dummy_batch, input_spec) -> Batch:
             is_leaf=_is_nested_number_list,
         )
 
-    return Batch(*(
-        None if part is None else convert(name, part) for name, part in zip(("x", "y", "mask"), batch)
-    ))
+    return Batch(
+        *(
+            None if part is None else convert(name, part)
+            for name, part in zip(("x", "y", "mask"), batch)
+        )
+    )
 
 
 def _is_nested_number_list(value) -> bool:
     """A list of numbers (or of such lists) is one array, not several model inputs."""
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(e, (bool, int, float)) or _is_nested_number_list(e) for e in value
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(e, (bool, int, float)) or _is_nested_number_list(e) for e in value)
     )
 
 
@@ -467,7 +478,9 @@ def from_keras_model(
             "Use keras.models.clone_model(model) to get an uncompiled copy."
         )
     if loss is None:
-        raise errors.LossSpecError("from_keras_model needs a loss (e.g. 'sparse_categorical_crossentropy').")
+        raise errors.LossSpecError(
+            "from_keras_model needs a loss (e.g. 'sparse_categorical_crossentropy')."
+        )
     batch = _concrete_batch(dummy_batch, input_spec)
     if batch.y is None:
         raise errors.InvalidBatchError("dummy_batch / input_spec needs labels 'y' as well as 'x'.")
@@ -506,9 +519,7 @@ def from_keras_model(
         ) from e
     outputs = OutputStructure.of(outputs_spec, getattr(keras_model, "output_names", None))
     labels = outputs.split_labels(batch.y)
-    predictions = [
-        np.zeros(s.shape, s.dtype) for s in outputs.split_predictions(outputs_spec)
-    ]
+    predictions = [np.zeros(s.shape, s.dtype) for s in outputs.split_predictions(outputs_spec)]
     output_losses = build_output_losses(loss, loss_weights, outputs)
     suite = build_metric_suite(metrics, outputs.names, labels, predictions)
     model = dataclasses.replace(

@@ -108,9 +108,7 @@ def functional_metric(metric: Any, y_true_example, y_pred_example) -> Functional
 
     mask = jnp.ones((np.shape(y_pred_example)[0],), jnp.float32)
     try:
-        jax.eval_shape(
-            lambda: finalize(update(init(), y_true_example, y_pred_example, mask))
-        )
+        jax.eval_shape(lambda: finalize(update(init(), y_true_example, y_pred_example, mask)))
     except Exception as e:  # noqa: BLE001 - any failure means the metric is not functional.
         raise errors.MetricNotFunctionalError(
             f"The metric {name!r} ({type(original).__name__}) could not run as a pure JAX "

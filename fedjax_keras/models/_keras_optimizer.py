@@ -28,7 +28,9 @@ def from_keras_optimizer(optimizer: keras.optimizers.Optimizer, params_template)
     """
     clone = type(optimizer).from_config(optimizer.get_config())
     leaves, treedef = jax.tree.flatten(params_template)
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params_template)[0]]
+    paths = [
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params_template)[0]
+    ]
     placeholders = [
         keras.Variable(
             np.zeros(np.shape(leaf), np.asarray(leaf).dtype),

@@ -5,7 +5,8 @@ pytrees, so optimizer state can be vmapped over clients and skipped on padded
 steps with `jnp.where`.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import optax
