@@ -140,7 +140,8 @@ def read_config_file(path: str) -> dict:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         first = str(error).strip().splitlines()[0]
         raise UsageError(
-            f"--config: {path} is not valid {'TOML' if path.endswith('.toml') else 'YAML'} ({first})."
+            f"--config: {path} is not valid {'TOML' if path.endswith('.toml') else 'YAML'} "
+            f"({first})."
         ) from None
     if not isinstance(raw, dict):
         raise UsageError(
@@ -164,7 +165,8 @@ def validate(config: Config) -> None:
     """Raises UsageError for a value out of range or not among the choices."""
     if config.algorithm not in ALGORITHMS:
         raise UsageError(
-            f"--algorithm: unknown algorithm {config.algorithm!r}; expected one of {list(ALGORITHMS)}."
+            f"--algorithm: unknown algorithm {config.algorithm!r}; "
+            f"expected one of {list(ALGORITHMS)}."
         )
     if config.runner not in RUNNERS:
         raise UsageError(f"--runner: expected one of {list(RUNNERS)}; received {config.runner!r}.")
@@ -172,7 +174,8 @@ def validate(config: Config) -> None:
         config.chunk_size.isdigit() and int(config.chunk_size) > 0
     ):
         raise UsageError(
-            f"--chunk-size: expected a positive int, 'auto' or 'none'; received {config.chunk_size!r}."
+            "--chunk-size: expected a positive int, 'auto' or 'none'; "
+            f"received {config.chunk_size!r}."
         )
     for name in (
         "num_clients",

@@ -21,8 +21,9 @@ def build_model(config, task: Task) -> Model:
         [batch], ``[batch, steps, vocab]`` for label sequences [batch, steps]).
     """
     name = config.model or task.default_model
-    net = resolve_model(name, task.input_shape, task.num_classes, config.seed)
     x = task.train.examples["x"][:2]
+    integer_inputs = np.asarray(x).dtype.kind in "iu"
+    net = resolve_model(name, task.input_shape, task.num_classes, config.seed, integer_inputs)
     y = task.train.examples["y"][:2]
     try:
         model = from_keras_model(
@@ -45,7 +46,8 @@ def build_model(config, task: Task) -> Model:
     if len(shape) != len(expected) + 1 or shape[:-1] != expected or shape[-1] < task.num_classes:
         raise UsageError(
             f"--model {name}: its output shape {list(shape)} does not fit the labels; the task "
-            f"{task.name!r} has labels {list(y.shape[1:]) or 'scalar'} in 0..{task.num_classes - 1}, "
+            f"{task.name!r} has labels {list(y.shape[1:]) or 'scalar'} "
+            f"in 0..{task.num_classes - 1}, "
             f"so the model must output logits [batch{''.join(f', {d}' for d in expected[1:])}, "
             f"{task.num_classes}]."
         )
@@ -78,7 +80,8 @@ def build_process(config, model: Model, task: Task):
     if name == "fedsgd":
         if config.epochs != 1:
             raise UsageError(
-                f"--epochs: fedsgd computes one gradient per client; expected 1, received {config.epochs}."
+                "--epochs: fedsgd computes one gradient per client; "
+                f"expected 1, received {config.epochs}."
             )
         return algorithms.build_fed_sgd(model, optax.sgd(server_lr or 0.1), **engine)
     if name == "scaffold":

@@ -20,7 +20,8 @@ from fedjax_keras.cli._errors import UsageError
 
 HELP = {
     "task": "built-in task: emnist_like, cifar_like or synthetic (LEAF Synthetic(alpha, beta))",
-    "task_file": "a TFF .h5 file (EMNIST, Shakespeare) or LEAF .json file/directory instead of --task",
+    "task_file": "a TFF .h5 file (EMNIST, Shakespeare) or LEAF .json file/directory "
+    "instead of --task",
     "task_format": "format of --task-file: auto (by extension), tff_h5 or leaf_json",
     "num_clients": "clients in a built-in task's population",
     "client_size": "median examples per client of a built-in task (cifar_like: exact)",
@@ -31,9 +32,11 @@ HELP = {
     "test_fraction": "fraction of each client's examples held out for evaluation",
     "model": "emnist_cnn, small_cnn, char_lstm, logreg, mlp, or package.module:function "
     "(default: small_cnn for images, char_lstm for text, logreg otherwise)",
-    "algorithm": "fedavg, fedavg_unweighted, fedprox, fedsgd, scaffold, fedadam, fedyogi, fedadagrad",
+    "algorithm": "fedavg, fedavg_unweighted, fedprox, fedsgd, scaffold, fedadam, fedyogi, "
+    "fedadagrad",
     "client_lr": "client SGD learning rate",
-    "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; fedadagrad 0.1)",
+    "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; "
+    "fedadagrad 0.1)",
     "mu": "fedprox proximal strength",
     "batch_size": "examples per local step",
     "epochs": "local epochs per round",
@@ -69,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser(
         "simulate",
         help="run a federated experiment",
-        description="Run a federated experiment. Defaults: FedAvg on the built-in EMNIST-like task.",
+        description="Run a federated experiment. "
+        "Defaults: FedAvg on the built-in EMNIST-like task.",
         argument_default=argparse.SUPPRESS,
     )
     sim.add_argument(
@@ -124,13 +128,15 @@ def _resolve(argv):
     saved_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(saved_path):
         raise UsageError(
-            f"--resume: {run_dir!r} holds no run (no config.yaml); expected the --run-dir of an earlier run."
+            f"--resume: {run_dir!r} holds no run (no config.yaml); "
+            "expected the --run-dir of an earlier run."
         )
     saved = config_lib.read_config_file(saved_path)
     for name, value in {**file_settings, **flags}.items():
         if name in config_lib.FIXED_ON_RESUME and value != saved.get(name):
             raise UsageError(
-                f"--{name.replace('_', '-')}: the run in {run_dir} used {saved.get(name)!r}, received "
+                f"--{name.replace('_', '-')}: the run in {run_dir} used {saved.get(name)!r}, "
+                "received "
                 f"{value!r}; a resumed run keeps its settings (only --rounds, --eval-every, "
                 "--checkpoint-every, --keep-checkpoints and --progress may change)."
             )
@@ -211,7 +217,8 @@ def simulate(config, resume: bool) -> int:
     except KeyboardInterrupt:
         progress.stop()
         print(
-            f"fedjax-keras: interrupted; continue with: fedjax-keras simulate --run-dir {run.path} --resume",
+            "fedjax-keras: interrupted; continue with: "
+            f"fedjax-keras simulate --run-dir {run.path} --resume",
             file=sys.stderr,
         )
         return 130

@@ -109,6 +109,13 @@ def mlp(input_shape, num_classes, seed=0) -> keras.Model:
     )
 
 
+# What each built-in needs of one example's x: (rank of its shape, integer dtype).
+_INPUTS = {
+    "emnist_cnn": (3, False, "images [height, width, channels]"),
+    "small_cnn": (3, False, "images [height, width, channels]"),
+    "char_lstm": (1, True, "integer token sequences [steps]"),
+}
+
 BUILT_IN = {
     "emnist_cnn": emnist_cnn,
     "small_cnn": small_cnn,
@@ -118,14 +125,23 @@ BUILT_IN = {
 }
 
 
-def resolve_model(name: str, input_shape, num_classes: int, seed: int) -> keras.Model:
+def resolve_model(
+    name: str, input_shape, num_classes: int, seed: int, integer_inputs: bool = False
+) -> keras.Model:
     """The Keras model named by ``--model``: a built-in name or ``module:function``.
 
     Raises:
-      UsageError: unknown name, module or function, or the function does not
-        return a Keras model.
+      UsageError: unknown name, module or function, a built-in model that does
+        not suit the inputs, or a function that fails or returns no Keras model.
     """
     if name in BUILT_IN:
+        rank, integer, what = _INPUTS.get(name, (None, integer_inputs, ""))
+        if rank is not None and (len(input_shape) != rank or integer != integer_inputs):
+            kind = "integer" if integer_inputs else "float"
+            raise UsageError(
+                f"--model {name}: it takes {what}; the task's examples are {kind} "
+                f"{list(input_shape)}. Choose another --model (e.g. logreg or mlp)."
+            )
         return BUILT_IN[name](tuple(input_shape), num_classes, seed)
     if ":" not in name:
         raise UsageError(
@@ -146,7 +162,13 @@ def resolve_model(name: str, input_shape, num_classes: int, seed: int) -> keras.
         kwargs["input_shape"] = tuple(input_shape)
     if "num_classes" in parameters:
         kwargs["num_classes"] = num_classes
-    model = function(**kwargs)
+    try:
+        model = function(**kwargs)
+    except Exception as error:  # noqa: BLE001 (the user's function failed: say so in one line)
+        raise UsageError(
+            f"--model: {name}({', '.join(kwargs)}) raised {type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        ) from None
     if not isinstance(model, keras.Model):
         raise UsageError(
             f"--model: {name} returned {type(model).__name__}; expected a keras.Model."
