@@ -46,7 +46,7 @@ class Config:
     # Model and algorithm.
     model: str | None = None
     algorithm: str = "fedavg"
-    client_lr: float = 0.1
+    client_lr: float | None = None
     server_lr: float | None = None
     mu: float = 0.01
     batch_size: int = 20

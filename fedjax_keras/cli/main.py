@@ -34,7 +34,8 @@ HELP = {
     "(default: small_cnn for images, char_lstm for text, logreg otherwise)",
     "algorithm": "fedavg, fedavg_unweighted, fedprox, fedsgd, scaffold, fedadam, fedyogi, "
     "fedadagrad",
-    "client_lr": "client SGD learning rate",
+    "client_lr": "client SGD learning rate (default by task: 0.2 for images with small_cnn, "
+    "0.1 for text, 0.05 otherwise)",
     "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; "
     "fedadagrad 0.1)",
     "mu": "fedprox proximal strength",
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in config_lib.FIELDS.items():
         flag = "--" + name.replace("_", "-")
         default = field.default
-        help_text = f"{HELP[name]} (default: {default})"
+        help_text = HELP[name] if default is None else f"{HELP[name]} (default: {default})"
         if name == "progress":
             sim.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -156,6 +157,8 @@ def simulate(config, resume: bool) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     run = RunDir.open_existing(config.run_dir) if resume else RunDir.create(config.run_dir)
     task = load_task(config)
+    if config.client_lr is None:
+        config.client_lr = task.default_client_lr
     model = build_model(config, task)
     process = build_process(config, model, task)
     evaluator = build_fed_eval(

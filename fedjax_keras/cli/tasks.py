@@ -27,6 +27,7 @@ class Task(NamedTuple):
       input_shape: one example's x shape.
       num_classes: size of the label vocabulary (model outputs).
       default_model: the built-in model used when ``--model`` is not given.
+      default_client_lr: the client learning rate used when ``--client-lr`` is not given.
     """
 
     name: str
@@ -35,6 +36,7 @@ class Task(NamedTuple):
     input_shape: tuple
     num_classes: int
     default_model: str
+    default_client_lr: float
 
 
 def load_task(config) -> Task:
@@ -59,7 +61,8 @@ def load_task(config) -> Task:
     x, y = population.examples["x"], population.examples["y"]
     input_shape = tuple(x.shape[1:])
     num_classes = _num_classes(config, y)
-    return Task(name, train, test, input_shape, num_classes, _default_model(x))
+    model = _default_model(x)
+    return Task(name, train, test, input_shape, num_classes, model, _DEFAULT_LR[model])
 
 
 def _built_in(config) -> fk_data.FederatedData:
@@ -157,6 +160,12 @@ def _num_classes(config, y: np.ndarray) -> int:
             observed = max(observed, fk_data.SHAKESPEARE_VOCAB_SIZE)
         return max(observed, config.num_classes or 0)
     return config.num_classes or 1
+
+
+# Measured on the built-in tasks: 0.2 lifts the default EMNIST-like run to 0.95
+# accuracy in 60 rounds (0.1 reaches 0.94 but stays at chance for 30 rounds);
+# logistic regression on Synthetic(1, 1) oscillates at 0.2.
+_DEFAULT_LR = {"small_cnn": 0.2, "char_lstm": 0.1, "logreg": 0.05}
 
 
 def _default_model(x: np.ndarray) -> str:
