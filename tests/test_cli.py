@@ -237,3 +237,20 @@ def test_every_flag_is_documented():
     flags = [s for action in simulate._actions for s in action.option_strings if s.startswith("--")]
     missing = [f for f in flags if f != "--help" and f"`{f}`" not in docs]
     assert not missing, f"docs/cli.md does not document {missing}"
+
+
+def test_tff_h5_emnist_task_file(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "emnist.h5"
+    with h5py.File(path, "w") as f:
+        for client in ("f0000_1", "f0001_2", "f0002_3"):
+            f[f"examples/{client}/pixels"] = rng.random((10, 28, 28), dtype=np.float32)
+            f[f"examples/{client}/label"] = rng.integers(0, 62, 10).astype(np.int32)
+    run_dir = tmp_path / "run"
+    args = ["simulate", "--task-file", str(path), "--rounds", "1", "--cohort-size", "2"]
+    assert main([*args, "--no-progress", "--run-dir", str(run_dir)]) == 0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["client_lr"] == 0.2  # the image default, resolved into the saved config
+    (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert row["num_examples"] == 16 and row["eval_accuracy"] is not None  # 8 train of 10 each

@@ -165,6 +165,12 @@ def simulate(config, resume: bool) -> int:
         model, batch_size=max(config.batch_size, 50), chunk_size=process.chunk_size
     )
     test = eval_population(task)
+    if test.num_clients == 0:
+        print(
+            f"fedjax-keras: note: --test-fraction {config.test_fraction} holds out no example "
+            "(every client is too small); evaluation is skipped.",
+            file=sys.stderr,
+        )
     config_lib.write_yaml(config, run.config_path)
 
     state = process.initialize(config.seed)
@@ -204,7 +210,7 @@ def simulate(config, resume: bool) -> int:
                 "clients_per_second": config.cohort_size / seconds,
                 "examples_per_second": metrics["num_examples"] / seconds,
             }
-            if done % config.eval_every == 0 or done == config.rounds:
+            if test.num_clients and (done % config.eval_every == 0 or done == config.rounds):
                 eval_state = evaluator.set_model_weights(evaluator.initialize(), state.model)
                 result = evaluator.next(eval_state, test).metrics
                 row["eval_loss"], row["eval_accuracy"] = result["loss"], result.get("accuracy")
