@@ -3,6 +3,7 @@
 # models/ must be imported first: it selects the JAX backend before keras loads.
 from fedjax_keras import aggregation as aggregation
 from fedjax_keras import algorithms as algorithms
+from fedjax_keras import checkpoint as checkpoint
 from fedjax_keras import client as client
 from fedjax_keras import data as data
 from fedjax_keras import errors as errors
