@@ -4,16 +4,18 @@ Every system in `run.py` trains the same Keras model on the same clients with
 the same hyper-parameters; only the way rounds are executed differs.
 """
 
-import dataclasses
 import os
+
+# Keras fixes its backend at first import; these benchmarks run it on JAX.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import keras
 import numpy as np
-
-import fedjax_keras  # noqa: F401  (selects the JAX backend before keras loads)
 
 DATA_DIR = Path(
     os.environ.get("FEDJAX_KERAS_BENCH_DATA", Path(__file__).resolve().parent.parent / "bench_data")

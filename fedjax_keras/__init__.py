@@ -1,6 +1,11 @@
 """fedjax_keras: fast federated-learning simulation for Keras 3 models on JAX."""
 
-# models/ must be imported first: it selects the JAX backend before keras loads.
+# Keras fixes its backend at its first import: choose JAX before any module of
+# this package (or a user's later `import keras`) loads it, unless the user chose.
+from fedjax_keras.models._backend import select_jax_backend_if_unset as _select_backend
+
+_select_backend()
+
 from fedjax_keras import aggregation as aggregation
 from fedjax_keras import algorithms as algorithms
 from fedjax_keras import checkpoint as checkpoint

@@ -3,8 +3,6 @@
 import os
 import sys
 
-from fedjax_keras import errors
-
 
 def select_jax_backend_if_unset() -> None:
     """Sets ``KERAS_BACKEND=jax`` if keras is not imported yet and nobody chose.
@@ -21,6 +19,8 @@ def select_jax_backend_if_unset() -> None:
 def check_jax_backend() -> None:
     """Raises `KerasBackendError` unless keras runs on the JAX backend."""
     import keras
+
+    from fedjax_keras import errors
 
     backend = keras.config.backend()
     if backend != "jax":
