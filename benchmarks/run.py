@@ -91,8 +91,8 @@ def run_fedjax_keras(protocol, args):
         batch_size=protocol.batch_size,
         epochs=1,
         shuffle=True,
-        chunk_size=args.chunk_size,
         runner=args.runner,
+        **({} if args.chunk_size is None else {"chunk_size": args.chunk_size}),
     )
     state = [process.initialize(seed=0)]
     info = {}

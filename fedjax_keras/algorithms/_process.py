@@ -157,7 +157,7 @@ class FederatedProcess:
     - ``step_buckets`` ('geometric'): how a chunk's step count is rounded up
       ('geometric': 1, 2, 3, 4, 6, 8, 12, ...; 'pow2'; 'exact'; or a list).
       Fewer distinct values mean fewer compilations.
-    - ``runner`` ('auto'): 'auto' (vmap, or 'unroll' for convolutions on a
+    - ``runner`` ('auto'): 'auto' (vmap, or 'sequential' for convolutions on a
       CPU), 'timed' (time vmap, unroll and sequential on the first chunk and
       keep the fastest), or force 'vmap', 'unroll' or 'sequential'. All give
       the same numbers (see `fedjax_keras.client.ChunkRunner`).
@@ -395,10 +395,6 @@ class FederatedProcess:
                 valid,
                 client_state,
             )
-            if self.mode != "vmap":
-                # Host-driven runners call many programs on one chunk: move it once.
-                # A single vmapped call takes numpy arguments on jit's fast path.
-                chunk = jax.device_put(chunk)
             if acc is None:
                 acc = self._accumulator(broadcast, chunk, source)
             args = (

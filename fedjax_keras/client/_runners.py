@@ -76,15 +76,6 @@ def _chunk_data(chunk: Chunk, source) -> ClientBatchArrays:
     return ClientBatchArrays(x, y, chunk.data.mask)
 
 
-def _step_batch(chunk: Chunk, source, client, step) -> dict:
-    mask = _take(_take(chunk.data.mask, client), step)
-    if chunk.rows is None:
-        data = _take(_take(chunk.data, client), step)
-        return {"x": data.x, "y": data.y, "mask": mask}
-    x, y = _gather(source, _take(_take(chunk.rows, client), step), mask)
-    return {"x": x, "y": y, "mask": mask}
-
-
 def _keep_or_old(keep, new, old):
     """A dropped (non-finite) client keeps its previous persistent state."""
 
@@ -129,33 +120,42 @@ class ChunkRunner:
         return acc, _keep_or_old(keep, outputs.client_state, chunk.client_state)
 
     # ------------------------------------------------------- host-driven steps
-    def _start_group(self, broadcast, chunk: Chunk, indices):
-        return tuple(self._program.start(broadcast, _take(chunk.client_state, i)) for i in indices)
+    # The group programs see one step's batches, [group, batch, ...], never a
+    # chunk's [clients, steps, ...] arrays: they compile once per group size,
+    # whatever the chunks' step buckets.
+    def _start_group(self, broadcast, client_states):
+        return tuple(
+            self._program.start(broadcast, _take(client_states, g)) for g in range(self.group_size)
+        )
 
-    def _step_group(self, carries, broadcast, chunk: Chunk, source, indices, step, seed_and_round):
+    def _step_group(self, carries, broadcast, batch, rows, source, client_states, key_info, step):
+        positions, key_ids, seed_and_round = key_info
+        if rows is not None:
+            x, y = _gather(source, rows, batch.mask)
+            batch = ClientBatchArrays(x, y, batch.mask)
         new = []
-        for carry, i in zip(carries, indices):
-            batch = _step_batch(chunk, source, i, step)
-            key = step_key(
-                client_key(round_key(seed_and_round), chunk.positions[i], chunk.key_ids[i]), step
-            )
+        for g, carry in enumerate(carries):
+            one = _take(batch, g)
+            key = step_key(client_key(round_key(seed_and_round), positions[g], key_ids[g]), step)
             new.append(
-                self._program.step(carry, batch, key, broadcast, _take(chunk.client_state, i))
+                self._program.step(
+                    carry,
+                    {"x": one.x, "y": one.y, "mask": one.mask},
+                    key,
+                    broadcast,
+                    _take(client_states, g),
+                )
             )
         return tuple(new)
 
-    def _finish_group(self, acc, carries, broadcast, chunk: Chunk, indices, in_group):
+    def _finish_group(self, acc, carries, broadcast, client_states, valid):
         outputs = [
-            self._program.finish(carry, broadcast, _take(chunk.client_state, i))
-            for carry, i in zip(carries, indices)
+            self._program.finish(carry, broadcast, _take(client_states, g))
+            for g, carry in enumerate(carries)
         ]
         stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
-        valid = jnp.stack([chunk.valid[i] for i in indices]) & in_group
-        old_states = jax.tree.map(
-            lambda *a: jnp.stack(a), *[_take(chunk.client_state, i) for i in indices]
-        )
         acc, keep = accumulate(acc, stacked, valid, self._merge)
-        return acc, _keep_or_old(keep, stacked.client_state, old_states)
+        return acc, _keep_or_old(keep, stacked.client_state, client_states)
 
     def _run_stepwise(
         self, acc, broadcast, chunk: Chunk, source, seed_and_round, host_valid, host_steps
@@ -166,16 +166,28 @@ class ChunkRunner:
             members = real[begin : begin + self.group_size]
             # A short last group repeats a member as padding; its copy is marked invalid.
             padded = np.concatenate([members, np.full(self.group_size - len(members), members[-1])])
-            indices = tuple(jnp.int32(i) for i in padded)
-            carries = self._start(broadcast, chunk, indices)
+            pick = lambda a, idx=padded: a[idx]  # noqa: E731
+            states = jax.tree.map(pick, chunk.client_state)
+            key_info = (pick(chunk.positions), pick(chunk.key_ids), seed_and_round)
+            data = jax.tree.map(pick, chunk.data)
+            rows = None if chunk.rows is None else pick(chunk.rows)
+            carries = self._start(broadcast, states)
             for step in range(int(host_steps[members].max(initial=0))):
+                at_step = lambda a, t=step: a[:, t]  # noqa: E731
                 carries = self._step(
-                    carries, broadcast, chunk, source, indices, jnp.int32(step), seed_and_round
+                    carries,
+                    broadcast,
+                    jax.tree.map(at_step, data),
+                    None if rows is None else rows[:, step],
+                    source,
+                    states,
+                    key_info,
+                    np.int32(step),
                 )
-            in_group = np.arange(self.group_size) < len(members)
-            acc, states = self._finish(acc, carries, broadcast, chunk, indices, in_group)
+            valid = pick(chunk.valid) & (np.arange(self.group_size) < len(members))
+            acc, new_states = self._finish(acc, carries, broadcast, states, valid)
             kept = len(members)
-            group_states.append(jax.tree.map(lambda a, n=kept: a[:n], states))
+            group_states.append(jax.tree.map(lambda a, n=kept: a[:n], new_states))
         states = jax.tree.map(lambda *a: jnp.concatenate(a), *group_states)
         # Padding clients keep their (unused) rows, so the result is [clients, ...].
         order = np.full(len(host_valid), -1)
@@ -221,7 +233,7 @@ class ChunkRunner:
 def default_mode(has_convolutions: bool) -> str:
     """The mode to use without timing: vmap, except convolutions on a CPU."""
     if jax.default_backend() == "cpu" and has_convolutions:
-        return "unroll"
+        return "sequential"
     return "vmap"
 
 
