@@ -136,3 +136,21 @@ def test_no_recompilation_after_warmup(dense_model):
     assert warmup > 0  # the listener sees compilations at all
     assert compiles[warmup:] == []
     assert out.metrics["num_clients"] == 4
+
+
+@pytest.mark.parametrize("model_name, runner", [("conv_model", "auto"), ("dense_model", "timed")])
+def test_timed_choice_probes_candidates_and_changes_no_number(request, model_name, runner):
+    """'auto' (convolutions on a CPU) and 'timed' time their candidates on the first
+    chunk, keep the cheaper one, and give the same model as that mode forced."""
+    model = request.getfixturevalue(model_name)
+    x_shape = CONV_SHAPE if model_name == "conv_model" else (4,)
+    cohort = make_clients(SIZES, x_shape, seed=0)
+    options = dict(batch_size=BATCH, chunk_size=4, step_buckets=[8], shuffle=True)
+    chosen = build_weighted_fed_avg(model, optax.sgd(0.1), runner=runner, **options)
+    state = _run(chosen, [cohort], seed=2)
+    candidates = {"sequential", "unroll"} if model_name == "conv_model" else {"vmap", "sequential"}
+    assert set(chosen.runner_timings) == candidates
+    assert all(seconds > 0 for seconds in chosen.runner_timings.values())
+    assert chosen.mode == min(chosen.runner_timings, key=chosen.runner_timings.get)
+    forced = build_weighted_fed_avg(model, optax.sgd(0.1), runner=chosen.mode, **options)
+    assert_trees_all_close(state.model, _run(forced, [cohort], seed=2).model, rtol=0, atol=0)

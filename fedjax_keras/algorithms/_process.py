@@ -33,7 +33,7 @@ from fedjax_keras.client import (
     ClientProgram,
     ClientStateStore,
 )
-from fedjax_keras.client._runners import _chunk_data, choose_mode, default_mode
+from fedjax_keras.client._runners import _chunk_data, choose_mode
 from fedjax_keras.data import FederatedData, plan_cohort
 from fedjax_keras.models import Model, ModelWeights
 
@@ -157,10 +157,13 @@ class FederatedProcess:
     - ``step_buckets`` ('geometric'): how a chunk's step count is rounded up
       ('geometric': 1, 2, 3, 4, 6, 8, 12, ...; 'pow2'; 'exact'; or a list).
       Fewer distinct values mean fewer compilations.
-    - ``runner`` ('auto'): 'auto' (vmap, or 'sequential' for convolutions on a
-      CPU), 'timed' (time vmap, unroll and sequential on the first chunk and
-      keep the fastest), or force 'vmap', 'unroll' or 'sequential'. All give
-      the same numbers (see `fedjax_keras.client.ChunkRunner`).
+    - ``runner`` ('auto'): 'auto' uses 'vmap', except for convolutions on a
+      CPU, where it times 'sequential' and 'unroll' on the first chunk of the
+      first round and keeps the cheaper per client-step; 'timed' always times
+      the candidates ('vmap' and 'sequential' without convolutions on a CPU);
+      or force 'vmap', 'unroll' or 'sequential'. All give the same numbers
+      (see `fedjax_keras.client.ChunkRunner`); `runner_timings` holds what was
+      measured.
     - ``group_size`` (2): clients per compiled step in the 'unroll' runner.
     - ``data_placement`` ('auto'): 'device' keeps the population's arrays on
       the device and moves only row indices per chunk; 'host' batches on the
@@ -432,10 +435,13 @@ class FederatedProcess:
         return RoundOutput(new_state, host_metrics)
 
     def _choose_mode(self, args) -> tuple[str, dict]:
-        if self.runner == "auto":
-            return default_mode(self.model.has_convolutions), {}
-        candidates = {mode: self._runner_for(mode) for mode in ("vmap", "unroll", "sequential")}
-        return choose_mode(candidates, args)
+        conv_on_cpu = self.model.has_convolutions and jax.default_backend() == "cpu"
+        if self.runner == "auto" and not conv_on_cpu:
+            return "vmap", {}
+        # A vmapped scan of convolutions on XLA:CPU is tens of times slower (see
+        # client/_runners.py), too slow even to probe; time the host-driven modes.
+        modes = ("sequential", "unroll") if conv_on_cpu else ("vmap", "sequential")
+        return choose_mode({mode: self._runner_for(mode) for mode in modes}, args)
 
     def _server_step_impl(self, model, optimizer_state, extra, acc: Accumulator, population):
         new_model, new_opt_state, new_extra = self.spec.server_fn(

@@ -230,27 +230,62 @@ class ChunkRunner:
         )
 
 
-def default_mode(has_convolutions: bool) -> str:
-    """The mode to use without timing: vmap, except convolutions on a CPU."""
-    if jax.default_backend() == "cpu" and has_convolutions:
-        return "sequential"
-    return "vmap"
+def probe_seconds_per_client_step(runner: ChunkRunner, args: tuple, steps: int = 2) -> float:
+    """Seconds one real client-step costs with ``runner`` on a chunk, after compiling.
+
+    'vmap' runs the whole chunk (one program); the host-driven modes time
+    ``steps`` steps of the chunk's first group. Nothing is kept: the programs
+    are pure, so probing does not change the round.
+
+    Args:
+      runner: the `ChunkRunner` to time.
+      args: the arguments of one chunk call (see `ChunkRunner.__call__`).
+      steps: host-driven steps to time.
+    """
+    acc, broadcast, chunk, source, seed_and_round, host_valid, host_steps = args
+    if runner.mode == "vmap":
+        jax.block_until_ready(runner(*args))  # compile
+        start = time.perf_counter()
+        jax.block_until_ready(runner(*args))
+        return (time.perf_counter() - start) / max(int(np.sum(host_steps[host_valid])), 1)
+    members = np.flatnonzero(host_valid)[: runner.group_size]
+    padded = np.concatenate([members, np.full(runner.group_size - len(members), members[-1])])
+    pick = lambda a: a[padded]  # noqa: E731
+    states = jax.tree.map(pick, chunk.client_state)
+    key_info = (pick(chunk.positions), pick(chunk.key_ids), seed_and_round)
+    data = jax.tree.map(pick, chunk.data)
+    rows = None if chunk.rows is None else pick(chunk.rows)
+
+    def one_step(carries, step):
+        return runner._step(
+            carries,
+            broadcast,
+            jax.tree.map(lambda a: a[:, step], data),
+            None if rows is None else rows[:, step],
+            source,
+            states,
+            key_info,
+            np.int32(step),
+        )
+
+    available = int(chunk.data.mask.shape[1])
+    carries = jax.block_until_ready(one_step(runner._start(broadcast, states), 0))  # compile
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        carries = one_step(carries, step % available)
+    jax.block_until_ready(carries)
+    return (time.perf_counter() - start) / (steps * len(members))
 
 
 def choose_mode(runners: dict[str, ChunkRunner], args: tuple) -> tuple[str, dict[str, float]]:
-    """Times each runner on the same chunk (after a compiling run) and picks the fastest.
+    """Probes each runner on the same chunk and picks the cheapest per client-step.
 
     Args:
       runners: mode -> `ChunkRunner`.
       args: the arguments of one chunk call.
 
     Returns:
-      ``(best mode, {mode: seconds})``.
+      ``(best mode, {mode: seconds per client-step})``.
     """
-    timings = {}
-    for mode, runner in runners.items():
-        jax.block_until_ready(runner(*args))  # compile
-        start = time.perf_counter()
-        jax.block_until_ready(runner(*args))
-        timings[mode] = time.perf_counter() - start
+    timings = {mode: probe_seconds_per_client_step(r, args) for mode, r in runners.items()}
     return min(timings, key=timings.get), timings
