@@ -192,3 +192,15 @@ def test_protocol_a_accuracy_improves():
     assert after > before + 0.3, (before, after)
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3])
     assert fedjax_keras.__version__
+
+
+def test_cohort_that_does_not_fit_the_model_is_a_clear_error():
+    model = fedjax_keras.from_keras_model(
+        toy_models.mlp(seed=0),
+        {"x": np.zeros((2, 4), np.float32), "y": np.zeros((2,), np.int32)},
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    process = fedjax_keras.algorithms.build_weighted_fed_avg(model, optax.sgd(0.1), batch_size=2)
+    wrong = [{"x": np.zeros((3, 5), np.float32), "y": np.zeros((3,), np.int32)}]
+    with pytest.raises(ValueError, match=r"'x'.*shape \(5,\).*expects \(4,\)"):
+        process.next(process.initialize(0), wrong)

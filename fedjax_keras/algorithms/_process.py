@@ -116,6 +116,31 @@ def as_cohort(cohort) -> FederatedData:
     )
 
 
+def check_cohort_fits(cohort: FederatedData, model: Model) -> None:
+    """Raises a clear ValueError when the cohort's examples do not fit the model.
+
+    Compares the structure and per-example shapes of ``x`` and ``y`` with the
+    model's ``input_spec`` (from ``dummy_batch``), before anything is compiled.
+    """
+    source, _ = cohort.source_rows
+    for part in ("x", "y"):
+        expected = model.input_spec[part]
+        received = source[part]
+        if jax.tree.structure(expected) != jax.tree.structure(received):
+            raise ValueError(
+                f"The cohort's '{part}' has the structure {jax.tree.structure(received)}, but the "
+                f"model was wrapped with {jax.tree.structure(expected)} (from dummy_batch)."
+            )
+        pairs = zip(jax.tree.leaves_with_path(expected), jax.tree.leaves(received))
+        for (path, spec), array in pairs:
+            if tuple(spec.shape[1:]) != tuple(np.shape(array)[1:]):
+                raise ValueError(
+                    f"The cohort's '{part}'{jax.tree_util.keystr(path)} has examples of shape "
+                    f"{tuple(np.shape(array)[1:])}, but the model expects "
+                    f"{tuple(spec.shape[1:])} (from dummy_batch)."
+                )
+
+
 def client_key_ids(client_ids) -> np.ndarray:
     """int32 [clients]: integer ids (crc32 of ``str(id)`` for non-integers) for key folding."""
     try:
@@ -359,6 +384,8 @@ class FederatedProcess:
           ``padding_fraction`` and ``runner``.
         """
         cohort = as_cohort(cohort)
+        if cohort.num_clients:
+            check_cohort_fits(cohort, self.model)
         round_num = int(state.round_num)
         seed = int(state.seed)
         plan = plan_cohort(
