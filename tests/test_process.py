@@ -202,5 +202,63 @@ def test_cohort_that_does_not_fit_the_model_is_a_clear_error():
     )
     process = fedjax_keras.algorithms.build_weighted_fed_avg(model, optax.sgd(0.1), batch_size=2)
     wrong = [{"x": np.zeros((3, 5), np.float32), "y": np.zeros((3,), np.int32)}]
-    with pytest.raises(ValueError, match=r"'x'.*shape \(5,\).*expects \(4,\)"):
+    with pytest.raises(ValueError, match=r"\(5,\).*do not fit the model.*\(4,\)"):
         process.next(process.initialize(0), wrong)
+
+
+def test_client_state_is_kept_by_population_id_under_sampling_with_replacement():
+    model = wrap(toy_models.mlp(seed=4))
+    data = make_clients([3, 5, 2, 4], (4,), seed=0)
+    process = fedjax_keras.algorithms.build_scaffold(model, client_learning_rate=0.1, batch_size=2)
+    cohort = data.sample_clients(6, seed=1)  # more than the population: with replacement
+    assert len(set(cohort.client_ids)) == 6 and len(set(cohort.population_ids)) < 6
+    state = process.next(process.initialize(0), cohort).state
+    assert sorted(state.client_states.client_ids) == sorted(set(cohort.population_ids))
+    with pytest.raises(TypeError, match="stable client ids"):
+        process.next(state, [data.client(0), data.client(1)])
+
+
+def test_variable_length_inputs_the_model_accepts_are_not_rejected():
+    net = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(20, 4),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model = fedjax_keras.from_keras_model(
+        net,
+        {"x": np.zeros((2, 7), np.int32), "y": np.zeros((2,), np.int32)},
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(0)
+    cohort = [{"x": rng.integers(0, 20, (5, 12)).astype(np.int32), "y": np.zeros(5, np.int32)}]
+    process = build_weighted_fed_avg(model, optax.sgd(0.1), batch_size=2)
+    out = process.next(process.initialize(0), cohort)
+    assert out.metrics["num_examples"] == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"shuffle": "no"}, TypeError, "shuffle must be True or False"),
+        ({"step_buckets": "log"}, ValueError, "step_buckets"),
+        ({"device_data_limit": "1GB"}, TypeError, "device_data_limit"),
+        ({"client_state_placement": "gpu"}, ValueError, "client_state_placement"),
+        ({"group_size": True}, ValueError, "group_size"),
+    ],
+)
+def test_engine_options_are_checked_at_build_time(kwargs, error, match):
+    model = wrap(toy_models.mlp(seed=5))
+    with pytest.raises(error, match=match):
+        build_weighted_fed_avg(model, optax.sgd(0.1), **kwargs)
+
+
+def test_builders_reject_a_keras_model_or_model_fn_with_the_fix():
+    net = toy_models.mlp(seed=6)
+    for wrong in (net, lambda: net):
+        with pytest.raises(TypeError, match="from_keras_model"):
+            build_weighted_fed_avg(wrong, optax.sgd(0.1))
+    with pytest.raises(ValueError, match="mu"):
+        fedjax_keras.algorithms.build_fed_prox(wrap(net), optax.sgd(0.1), mu=None)

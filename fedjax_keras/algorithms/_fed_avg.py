@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_keras.aggregation import ClientOutput, weighted_mean
-from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
+from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess, require_model
 from fedjax_keras.client import ClientProgram, TrainCarry, start_training, training_step
 from fedjax_keras.client._local_update import GradCorrection
 from fedjax_keras.models import Model, ModelWeights
@@ -70,6 +70,7 @@ def fed_avg_spec(
       grad_correction: ``(grads, trainable, (broadcast, client_state)) -> grads``.
       name: for messages.
     """
+    require_model(model)
     _check_choice(weighting, WEIGHTINGS, "weighting")
     _check_choice(non_trainable, NON_TRAINABLE_POLICIES, "non_trainable")
     template = model.initial_weights.trainable

@@ -8,7 +8,7 @@ clients, and the sum is finalized once.
 import jax.numpy as jnp
 
 from fedjax_keras.aggregation import ClientOutput
-from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
+from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess, require_model
 from fedjax_keras.client import ClientProgram
 from fedjax_keras.models import Model
 
@@ -28,6 +28,7 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
       A `FederatedProcess`; its round metrics are ``loss``, the model's metrics,
       ``num_examples`` and ``num_clients``.
     """
+    require_model(model)
     options = {"shuffle": False, **engine_options}
     if options.get("epochs", 1) != 1:
         raise ValueError(

@@ -32,7 +32,7 @@ def build_fed_prox(
       **engine_options: batch_size, epochs, shuffle, chunk_size, step_buckets,
         runner, client_state_placement (see `build_weighted_fed_avg`).
     """
-    if not mu >= 0:
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
         raise ValueError(f"mu must be a number >= 0; received {mu!r}.")
     mu = float(mu)
 

@@ -16,7 +16,7 @@ from fedjax_keras.algorithms._fed_avg import (
     apply_pseudo_gradient,
     client_weight,
 )
-from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
+from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess, require_model
 from fedjax_keras.client import ClientProgram
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import as_optimizer
@@ -39,6 +39,7 @@ def build_fed_sgd(
     """
     import optax
 
+    require_model(model)
     _check_choice(weighting, WEIGHTINGS, "weighting")
     options = {"shuffle": False, **engine_options}
     if options.get("epochs", 1) != 1:

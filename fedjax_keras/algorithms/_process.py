@@ -35,6 +35,7 @@ from fedjax_keras.client import (
 )
 from fedjax_keras.client._runners import _chunk_data, choose_mode
 from fedjax_keras.data import FederatedData, plan_cohort
+from fedjax_keras.data._batching import _round_steps
 from fedjax_keras.models import Model, ModelWeights
 
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
@@ -116,29 +117,45 @@ def as_cohort(cohort) -> FederatedData:
     )
 
 
-def check_cohort_fits(cohort: FederatedData, model: Model) -> None:
-    """Raises a clear ValueError when the cohort's examples do not fit the model.
+def require_model(model) -> None:
+    """Raises a TypeError with the fix unless ``model`` came from `from_keras_model`."""
+    if not isinstance(model, Model):
+        raise TypeError(
+            "The algorithm builders take the Model returned by fedjax_keras.from_keras_model; "
+            f"received {type(model).__name__}. Wrap the Keras model first: "
+            "model = fedjax_keras.from_keras_model(keras_model, dummy_batch, loss=...). "
+            "(A TFF-style model_fn is not needed: call it and wrap its result once.)"
+        )
 
-    Compares the structure and per-example shapes of ``x`` and ``y`` with the
-    model's ``input_spec`` (from ``dummy_batch``), before anything is compiled.
-    """
-    source, _ = cohort.source_rows
-    for part in ("x", "y"):
-        expected = model.input_spec[part]
-        received = source[part]
-        if jax.tree.structure(expected) != jax.tree.structure(received):
-            raise ValueError(
-                f"The cohort's '{part}' has the structure {jax.tree.structure(received)}, but the "
-                f"model was wrapped with {jax.tree.structure(expected)} (from dummy_batch)."
-            )
-        pairs = zip(jax.tree.leaves_with_path(expected), jax.tree.leaves(received))
-        for (path, spec), array in pairs:
-            if tuple(spec.shape[1:]) != tuple(np.shape(array)[1:]):
-                raise ValueError(
-                    f"The cohort's '{part}'{jax.tree_util.keystr(path)} has examples of shape "
-                    f"{tuple(np.shape(array)[1:])}, but the model expects "
-                    f"{tuple(spec.shape[1:])} (from dummy_batch)."
-                )
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _check_engine_options(
+    shuffle, step_buckets, device_data_limit, client_state_placement, population_size
+) -> None:
+    """Rejects engine options at build time, naming the option and what it accepts."""
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be True or False; received {shuffle!r}.")
+    try:
+        _round_steps(np.array([1]), step_buckets)
+    except (ValueError, TypeError) as e:
+        raise ValueError(str(e)) from e
+    if device_data_limit is not None and not (
+        isinstance(device_data_limit, (int, np.integer)) and device_data_limit >= 0
+    ):
+        raise TypeError(
+            f"device_data_limit must be a number of bytes (int >= 0) or None; "
+            f"received {device_data_limit!r}."
+        )
+    if client_state_placement not in ("device", "host"):
+        raise ValueError(
+            f"client_state_placement must be 'device' or 'host'; received "
+            f"{client_state_placement!r}."
+        )
+    if population_size is not None and not _is_positive_int(population_size):
+        raise ValueError(f"population_size must be a positive int; received {population_size!r}.")
 
 
 def client_key_ids(client_ids) -> np.ndarray:
@@ -215,6 +232,10 @@ class FederatedProcess:
         client_state_placement: str = "device",
         population_size: int | None = None,
     ):
+        require_model(model)
+        _check_engine_options(
+            shuffle, step_buckets, device_data_limit, client_state_placement, population_size
+        )
         if runner not in RUNNERS:
             raise ValueError(f"runner must be one of {RUNNERS}; received {runner!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -239,7 +260,7 @@ class FederatedProcess:
         self.runner = runner
         self.client_state_placement = client_state_placement
         self.population_size = population_size
-        if not isinstance(group_size, int) or group_size < 1:
+        if not _is_positive_int(group_size):
             raise ValueError(f"group_size must be a positive int; received {group_size!r}.")
         self.group_size = group_size
         if data_placement not in ("auto", "device", "host"):
@@ -251,6 +272,7 @@ class FederatedProcess:
         default_limit = 256 * 2**20 if jax.default_backend() == "cpu" else 4 * 2**30
         self.device_data_limit = default_limit if device_data_limit is None else device_data_limit
         self._source_cache = None
+        self._fitting_signatures: set = set()
         self._runners: dict[str, ChunkRunner] = {}
         self.runner_timings: dict[str, float] = {}
         self.mode: str | None = None if runner in ("auto", "timed") else runner
@@ -324,6 +346,34 @@ class FederatedProcess:
             )
         return self._runners[mode]
 
+    def _check_cohort_fits(self, cohort: FederatedData) -> None:
+        """Raises one clear ValueError when the cohort's examples do not fit the model.
+
+        Traces the model's loss on one example of the cohort's shapes (abstractly,
+        nothing runs), once per distinct signature, before anything is compiled:
+        variable lengths the model accepts pass, what it rejects is named.
+        """
+        source, _ = cohort.source_rows
+        leaves, treedef = jax.tree.flatten(source)
+        signature = (treedef, tuple((np.shape(a)[1:], np.asarray(a).dtype) for a in leaves))
+        if signature in self._fitting_signatures:
+            return
+        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + np.shape(a)[1:], a.dtype), source)
+        try:
+            jax.eval_shape(
+                lambda w, b: self.model.loss(w, b, training=False), self.model.initial_weights, one
+            )
+        except Exception as e:  # noqa: BLE001 - any failure means the data does not fit.
+            shapes = jax.tree.map(lambda a: (tuple(np.shape(a)[1:]), str(a.dtype)), source)
+            expected = jax.tree.map(
+                lambda s: (tuple(s.shape[1:]), str(s.dtype)), self.model.input_spec
+            )
+            raise ValueError(
+                f"The cohort's examples (per-example shape, dtype: {shapes}) do not fit the model "
+                f"(wrapped with {expected}): {type(e).__name__}: {e}"
+            ) from e
+        self._fitting_signatures.add(signature)
+
     def _resolve_chunk_size(self, cohort_size: int) -> int | None:
         if self.chunk_size == "auto":
             # Clients are sorted by step count before chunking, so a chunk wastes
@@ -383,9 +433,15 @@ class FederatedProcess:
           aggregated), ``num_dropped_clients`` (non-finite updates, left out),
           ``padding_fraction`` and ``runner``.
         """
+        if state.client_states is not None and not isinstance(cohort, FederatedData):
+            raise TypeError(
+                f"{self.spec.name} keeps state per client, so a cohort must carry stable client "
+                "ids: pass a FederatedData sampled from the population (e.g. "
+                "data.sample_clients(...)), not a list of client datasets."
+            )
         cohort = as_cohort(cohort)
         if cohort.num_clients:
-            check_cohort_fits(cohort, self.model)
+            self._check_cohort_fits(cohort)
         round_num = int(state.round_num)
         seed = int(state.seed)
         plan = plan_cohort(
@@ -400,7 +456,9 @@ class FederatedProcess:
         seed_and_round = np.array([seed % 2**32, round_num % 2**32], np.uint32)
         broadcast = Broadcast(state.model, state.extra)
         key_ids = client_key_ids(cohort.client_ids)
-        ids = cohort.client_ids
+        # Per-client state is keyed by population id: a client drawn twice in a
+        # round (sampling with replacement) reads its own row twice, last write wins.
+        ids = cohort.population_ids
         store = state.client_states
         source = self._device_source(plan.source)
         acc = None
@@ -413,9 +471,9 @@ class FederatedProcess:
                 data, rows = ClientBatchArrays(None, None, batches.mask), batches.rows
             positions = np.asarray(batches.client_positions)
             valid = positions >= 0
-            chunk_ids = [ids[p] for p in positions[valid]]
             client_state = ()
             if store is not None:
+                chunk_ids = [ids[p] for p in positions[valid]]
                 client_state = _pad_rows(store.gather(chunk_ids), valid)
             chunk = Chunk(
                 data,

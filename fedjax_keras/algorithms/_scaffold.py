@@ -20,7 +20,7 @@ from fedjax_keras.algorithms._fed_avg import (
     client_weight,
     default_server_optimizer,
 )
-from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess
+from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess, require_model
 from fedjax_keras.client import ClientProgram, TrainCarry, start_training, training_step
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import as_optimizer, from_optax
@@ -47,11 +47,14 @@ def build_scaffold(
       weighting: 'num_examples' or 'uniform' for the model deltas.
       **engine_options: as in `build_fed_prox`.
     """
+    require_model(model)
     _check_choice(weighting, WEIGHTINGS, "weighting")
-    if not client_learning_rate > 0:
+    if (
+        isinstance(client_learning_rate, bool)
+        or not isinstance(client_learning_rate, (int, float))
+        or not client_learning_rate > 0
+    ):
         raise ValueError(f"client_learning_rate must be > 0; received {client_learning_rate!r}.")
-    if population_size is not None and population_size < 1:
-        raise ValueError(f"population_size must be a positive int; received {population_size!r}.")
     lr = float(client_learning_rate)
     template = model.initial_weights.trainable
     server_opt = as_optimizer(

@@ -60,7 +60,9 @@ class FederatedData:
         ids = _check_ids(client_ids, len(offsets) - 1)
         self._init({"x": x, "y": y}, offsets, ids, None, None)
 
-    def _init(self, examples, client_offsets, client_ids, source, starts) -> None:
+    def _init(
+        self, examples, client_offsets, client_ids, source, starts, population_ids=None
+    ) -> None:
         # A subset is a view: it keeps the population's arrays (`source`) and each
         # client's first row there (`starts`), and copies its own rows only when
         # `examples` is read. Batching reads the source directly, so sampling a
@@ -72,6 +74,9 @@ class FederatedData:
         object.__setattr__(self, "client_ids", client_ids)
         object.__setattr__(self, "_source", source)
         object.__setattr__(self, "_starts", starts)
+        object.__setattr__(
+            self, "_population_ids", client_ids if population_ids is None else population_ids
+        )
 
     def __setattr__(self, name, value):
         raise AttributeError(f"FederatedData is immutable; cannot set {name!r}.")
@@ -85,6 +90,16 @@ class FederatedData:
             object.__setattr__(self, "_examples", _take_rows(self._source, rows))
             object.__setattr__(self, "_examples", tree_util.tree_map(_read_only, self._examples))
         return self._examples
+
+    @property
+    def population_ids(self) -> tuple:
+        """Each client's id in the population it was sampled from.
+
+        Equal to `client_ids`, except that in a cohort sampled with replacement
+        a repeated client keeps its population id here (in `client_ids` its
+        k-th repeat is named ``(id, k)``). Per-client state is kept by these ids.
+        """
+        return self._population_ids
 
     @property
     def source_rows(self) -> tuple[dict, np.ndarray]:
@@ -111,11 +126,20 @@ class FederatedData:
         return data
 
     @classmethod
-    def _view(cls, source: dict, starts: np.ndarray, sizes: np.ndarray, client_ids: tuple):
+    def _view(
+        cls,
+        source: dict,
+        starts: np.ndarray,
+        sizes: np.ndarray,
+        client_ids: tuple,
+        population_ids: tuple,
+    ):
         data = object.__new__(cls)
         offsets = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=offsets[1:])
-        data._init(None, _read_only(offsets), client_ids, source, _read_only(starts))
+        data._init(
+            None, _read_only(offsets), client_ids, source, _read_only(starts), population_ids
+        )
         return data
 
     # -- Constructors -------------------------------------------------------------------
@@ -305,8 +329,13 @@ class FederatedData:
           ValueError: if positions is not 1-D or a position is out of range.
         """
         pos = _check_positions(positions, self.num_clients)
+        population = self._population_ids
         return FederatedData._view(
-            self._source, self._starts[pos], self.client_sizes[pos], self._subset_ids(pos)
+            self._source,
+            self._starts[pos],
+            self.client_sizes[pos],
+            self._subset_ids(pos),
+            tuple(population[p] for p in pos.tolist()),
         )
 
     def _subset_ids(self, pos: np.ndarray) -> tuple:
