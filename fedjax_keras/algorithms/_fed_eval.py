@@ -44,7 +44,7 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
         output = model.forward_pass(broadcast.model, batch, training=False)
         count = output.num_examples.astype(jnp.float32)
         return (
-            model.update_metrics(metrics, batch, output.predictions),
+            model.update_metrics(metrics, batch, output.predictions, output.output_masks),
             loss_sum + jnp.where(count > 0, output.loss * count, 0.0),
             num_examples + output.num_examples,
         )

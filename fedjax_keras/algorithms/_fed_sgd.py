@@ -71,7 +71,7 @@ def build_fed_sgd(
         grad_sum = jax.tree.map(lambda s, g: s + jnp.where(has, g * count, 0.0), grad_sum, grads)
         return (
             grad_sum,
-            model.update_metrics(metrics, batch, output.predictions),
+            model.update_metrics(metrics, batch, output.predictions, output.output_masks),
             loss_sum + jnp.where(has, loss * count, 0.0),
             num_examples + output.num_examples,
         )

@@ -131,7 +131,7 @@ def training_step(
                 tree_where(has_examples, output.non_trainable, non_trainable),
             ),
             tree_where(has_examples, new_opt_state, carry.optimizer_state),
-            model.update_metrics(carry.metrics, batch, output.predictions),
+            model.update_metrics(carry.metrics, batch, output.predictions, output.output_masks),
             carry.loss_sum + jnp.where(has_examples, loss * output.num_examples, 0.0),
             carry.num_examples + output.num_examples,
             carry.num_steps + has_examples.astype(jnp.int32),

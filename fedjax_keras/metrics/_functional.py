@@ -56,7 +56,7 @@ class MetricSuite(NamedTuple):
         """The empty state: a dict from metric name to its state."""
         return {metric.name: metric.init() for _, metric in self.metrics}
 
-    def update(self, state: dict, labels: list, predictions: list, mask) -> dict:
+    def update(self, state: dict, labels: list, predictions: list, mask, output_masks=None):
         """Updates every metric with one batch.
 
         Args:
@@ -64,9 +64,20 @@ class MetricSuite(NamedTuple):
           labels: per-output labels, each [batch, ...].
           predictions: per-output predictions, each [batch, ...].
           mask: float32 [batch].
+          output_masks: optional per-output element masks [batch, ...] (Keras
+            masks), combined with ``mask`` as the metrics' sample weights.
         """
+        weights = []
+        for i in range(len(predictions)):
+            keras_mask = None if output_masks is None else output_masks[i]
+            if keras_mask is None:
+                weights.append(mask)
+            else:
+                keras_mask = jnp.asarray(keras_mask, jnp.float32)
+                shaped = mask.reshape(mask.shape + (1,) * (keras_mask.ndim - 1))
+                weights.append(shaped * keras_mask)
         return {
-            metric.name: metric.update(state[metric.name], labels[i], predictions[i], mask)
+            metric.name: metric.update(state[metric.name], labels[i], predictions[i], weights[i])
             for i, metric in self.metrics
         }
 

@@ -84,7 +84,8 @@ class Model:
         """Runs the Keras model statelessly.
 
         Returns:
-          (outputs, new non-trainable dict, list of extra scalar losses).
+          (outputs, new non-trainable dict, list of extra scalar losses, per-output
+          Keras masks: a list with None or an array [batch, ...] for each output).
         """
         layout = self._layout
         mapping = [(v, trainable[path]) for path, v in layout.trainable]
@@ -97,7 +98,10 @@ class Model:
             outputs = self._keras_model(x, training=training)
             extra_losses = list(self._keras_model.losses)
         new_non_trainable = {path: scope.get_current_value(v) for path, v in layout.non_trainable}
-        return outputs, new_non_trainable, extra_losses
+        # Masks from Embedding(mask_zero=True) or Masking travel on the outputs; Keras'
+        # losses and metrics skip the masked elements, and so do ours.
+        masks = [_keras_mask(o) for o in self._outputs.split_predictions(outputs)]
+        return outputs, new_non_trainable, extra_losses, masks
 
     def _find_random_paths(self, x) -> tuple[str, ...]:
         """Paths of the seed states that a training-mode call on ``x`` advances."""
@@ -139,7 +143,7 @@ class Model:
           new_non_trainable)`` where the second item holds the updated
           non-trainable weights (e.g. BatchNormalization moving statistics).
         """
-        outputs, new_non_trainable, _ = self._call(
+        outputs, new_non_trainable, _, _ = self._call(
             weights.trainable, weights.non_trainable, x, training=training, rng=rng
         )
         return (outputs, new_non_trainable) if training else outputs
@@ -184,14 +188,14 @@ class Model:
         """
         batch = zero_padded_examples(as_batch(batch))
         mask = example_mask(batch)
-        outputs, new_non_trainable, extra = self._call(
+        outputs, new_non_trainable, extra, masks = self._call(
             trainable, non_trainable, batch.x, training=training, rng=rng
         )
         labels = self._outputs.split_labels(batch.y)
         predictions = self._outputs.split_predictions(outputs)
-        loss = total_loss(self._losses, labels, predictions, mask, extra)
+        loss = total_loss(self._losses, labels, predictions, mask, extra, masks)
         num_examples = jnp.sum(mask).astype(jnp.int32)
-        return loss, BatchOutput(loss, outputs, num_examples, new_non_trainable)
+        return loss, BatchOutput(loss, outputs, num_examples, new_non_trainable, tuple(masks))
 
     @property
     def has_convolutions(self) -> bool:
@@ -272,8 +276,16 @@ class Model:
         """Empty unfinalized metric state (a dict by metric name)."""
         return self.metrics.init()
 
-    def update_metrics(self, state: dict, batch, predictions) -> dict:
-        """Adds one batch's (masked) examples to the unfinalized metric state."""
+    def update_metrics(self, state: dict, batch, predictions, output_masks=None) -> dict:
+        """Adds one batch's (masked) examples to the unfinalized metric state.
+
+        Args:
+          state: from `init_metrics` or a previous update.
+          batch: the batch (its ``mask`` marks padded examples).
+          predictions: the model's outputs for the batch.
+          output_masks: ``BatchOutput.output_masks``, the Keras masks of the
+            outputs (e.g. from ``Embedding(mask_zero=True)``), skipped by metrics.
+        """
         # Padded rows may hold anything (NaN included): zero them, since Keras
         # metrics weight values by the mask and 0 * NaN is NaN.
         batch = zero_padded_examples(as_batch(batch)._replace(x=predictions))
@@ -282,6 +294,7 @@ class Model:
             self._outputs.split_labels(batch.y),
             self._outputs.split_predictions(batch.x),
             example_mask(batch),
+            output_masks,
         )
 
     def merge_metrics(self, a: dict, b: dict) -> dict:
@@ -348,6 +361,14 @@ class Model:
                 f"Could not make a fresh copy of {type(source).__name__} ({e}); pass "
                 "keras_model=<a new instance of the same architecture> to to_keras."
             ) from e
+
+
+def _keras_mask(output):
+    """The Keras mask carried by an output (Embedding(mask_zero=True), Masking), or None."""
+    from keras.src.backend.common.masking import get_keras_mask
+
+    mask = get_keras_mask(output)
+    return None if mask is None else jnp.asarray(mask)
 
 
 def _spec_to_zeros(spec) -> np.ndarray:

@@ -49,13 +49,14 @@ class OutputLoss:
     loss: keras.losses.Loss
     weight: float
 
-    def __call__(self, y_true, y_pred, mask) -> jnp.ndarray:
+    def __call__(self, y_true, y_pred, mask, keras_mask=None) -> jnp.ndarray:
         """Masked reduction of the per-element losses.
 
         Args:
           y_true: labels [batch, ...].
           y_pred: predictions [batch, ...].
           mask: float32 [batch].
+          keras_mask: the output's Keras mask [batch, ...] or None.
 
         Returns:
           scalar: the weighted loss for this output.
@@ -73,6 +74,8 @@ class OutputLoss:
         element_mask = jnp.broadcast_to(
             mask.reshape(mask.shape + (1,) * (values.ndim - 1)), values.shape
         ).astype(dtype)
+        if keras_mask is not None:
+            element_mask = element_mask * _broadcast_mask(keras_mask, values).astype(dtype)
         # jnp.where, not a product: a padded example with a NaN loss must not leak in.
         total = jnp.sum(jnp.where(element_mask > 0, values * element_mask, 0.0))
         if self.loss.reduction == "sum":
@@ -150,13 +153,30 @@ def build_output_losses(
     return tuple(result)
 
 
+def _broadcast_mask(keras_mask, values):
+    """A Keras mask [batch, ...] broadcast to per-element values [batch, ...]."""
+    keras_mask = jnp.asarray(keras_mask)
+    if keras_mask.ndim > values.ndim:  # e.g. a [batch, time] mask on per-example values
+        keras_mask = jnp.any(keras_mask, axis=tuple(range(values.ndim, keras_mask.ndim)))
+    keras_mask = keras_mask.reshape(keras_mask.shape + (1,) * (values.ndim - keras_mask.ndim))
+    return jnp.broadcast_to(keras_mask, values.shape)
+
+
 def total_loss(
-    output_losses: Sequence[OutputLoss], labels: list, predictions: list, mask, extra_losses
+    output_losses: Sequence[OutputLoss],
+    labels: list,
+    predictions: list,
+    mask,
+    extra_losses,
+    keras_masks=None,
 ) -> jnp.ndarray:
     """Sum of the weighted per-output losses and the model's regularization losses."""
     total = jnp.zeros((), jnp.float32)
-    for output_loss, y_true, y_pred in zip(output_losses, labels, predictions):
-        total = total + output_loss(y_true, y_pred, mask)
+    keras_masks = keras_masks or [None] * len(output_losses)
+    for output_loss, y_true, y_pred, keras_mask in zip(
+        output_losses, labels, predictions, keras_masks
+    ):
+        total = total + output_loss(y_true, y_pred, mask, keras_mask)
     for extra in extra_losses:
         total = total + jnp.sum(jnp.asarray(extra, jnp.float32))
     return total

@@ -35,9 +35,13 @@ class BatchOutput(NamedTuple):
       num_examples: int32 scalar, the number of unmasked examples.
       non_trainable: the non-trainable weights after the pass (updated
         BatchNormalization statistics in training mode; unchanged otherwise).
+      output_masks: per output, the Keras mask of its elements (from
+        ``Embedding(mask_zero=True)`` or ``Masking``) or None; masked elements
+        count in neither the loss nor the metrics.
     """
 
     loss: jax.Array
     predictions: Any
     num_examples: jax.Array
     non_trainable: Params
+    output_masks: Any = None
