@@ -63,8 +63,12 @@ def char_lstm(input_shape, num_classes, seed=0) -> keras.Model:
     return keras.Sequential(
         [
             keras.Input((seq_len,), dtype="int32"),
+            # mask_zero: pad id 0 counts in neither the loss nor the accuracy (as TFF masks it).
             keras.layers.Embedding(
-                num_classes, 8, embeddings_initializer=keras.initializers.RandomUniform(seed=seed)
+                num_classes,
+                8,
+                mask_zero=True,
+                embeddings_initializer=keras.initializers.RandomUniform(seed=seed),
             ),
             keras.layers.LSTM(
                 256,

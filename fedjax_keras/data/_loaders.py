@@ -319,7 +319,8 @@ def shakespeare_char_ids(
     (`SHAKESPEARE_VOCAB_SIZE` = 90 ids). The ids `[88, chars..., 89]` are padded
     with 0 to a multiple of seq_len + 1 and cut into rows of seq_len + 1; x is
     each row without its last id, y without its first. Rows never span two
-    snippets. Mask the loss with `y != 0`.
+    snippets. Pad positions (id 0) drop out of the loss and metrics when the model's
+    first layer is ``keras.layers.Embedding(..., mask_zero=True)``.
 
     Args:
       snippets: n strings or UTF-8 bytes (TFF's `snippets` feature).
