@@ -51,6 +51,7 @@ def test_end_to_end_subprocess_writes_the_run_directory(tmp_path):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["task"] == "synthetic" and config["rounds"] == 2 and config["num_clients"] == 10
     assert config["algorithm"] == "fedavg"
+    assert config["runner"] == "vmap"  # 'auto' resolved and recorded, so --resume repeats it
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == [1, 2]
     for row in rows:

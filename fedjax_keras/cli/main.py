@@ -195,6 +195,11 @@ def simulate(config, resume: bool) -> int:
             cohort = task.train.sample_clients(config.cohort_size, seed=[config.seed, round_num])
             output = process.next(state, cohort)
             state, metrics = output.state, output.metrics
+            if config.runner != process.mode:
+                # 'auto' / 'timed' may choose by measuring; the runners agree to 1e-5,
+                # not bit for bit, so record the choice: --resume must repeat it exactly.
+                config.runner = process.mode
+                config_lib.write_yaml(config, run.config_path)
             seconds = time.perf_counter() - tic
             done = round_num + 1
             row = {
