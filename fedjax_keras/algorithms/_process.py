@@ -462,6 +462,7 @@ class FederatedProcess:
         store = state.client_states
         source = self._device_source(plan.source)
         acc = None
+        updated_ids, updated_rows = [], []
         for index in range(plan.num_chunks):
             if source is None:
                 batches = plan.chunk(index)
@@ -498,10 +499,15 @@ class FederatedProcess:
                 self.mode, self.runner_timings = self._choose_mode(args)
             acc, new_states = self._runner_for(self.mode)(*args)
             if store is not None:
-                kept_rows = jax.tree.map(lambda a, v=valid: a[v], new_states)
-                store = store.scatter(chunk_ids, kept_rows)
+                # A client sits in one chunk per round, so the rows are written back
+                # once, after the last chunk: one copy of the table per round.
+                updated_ids.extend(chunk_ids)
+                updated_rows.append(jax.tree.map(lambda a, v=valid: a[v], new_states))
         if acc is None:
             raise ValueError("The cohort has no clients; sample at least one client per round.")
+        if store is not None and updated_ids:
+            rows = jax.tree.map(lambda *parts: jnp.concatenate(parts), *updated_rows)
+            store = store.scatter(updated_ids, rows)
         population = self.population_size or (len(store) if store is not None else 0)
         model, opt_state, extra, metrics = self._server_step(
             state.model, state.optimizer_state, state.extra, acc, jnp.float32(max(population, 1))
