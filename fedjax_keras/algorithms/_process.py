@@ -455,7 +455,9 @@ class FederatedProcess:
         )
         seed_and_round = np.array([seed % 2**32, round_num % 2**32], np.uint32)
         broadcast = Broadcast(state.model, state.extra)
-        key_ids = client_key_ids(cohort.client_ids)
+        # Population ids are plain (vectorised) even when repeats are renamed; the
+        # cohort position folded into each key keeps repeated draws distinct.
+        key_ids = client_key_ids(cohort.population_ids)
         # Per-client state is keyed by population id: a client drawn twice in a
         # round (sampling with replacement) reads its own row twice, last write wins.
         ids = cohort.population_ids
