@@ -31,6 +31,14 @@ class Protocol:
     batch_size: int
     make_model: object
     cpu_rounds: int = 5
+    accelerator_rounds: int = 5
+
+    def timed_rounds(self) -> int:
+        """Rounds timed after the warm-up: D times 50 on an accelerator (PROTOCOL.md)."""
+        import jax
+
+        return self.cpu_rounds if jax.default_backend() == "cpu" else self.accelerator_rounds
+
     replace: bool = False
 
 
@@ -86,7 +94,7 @@ PROTOCOLS = {
     "C10000": Protocol(
         "C10000", "synthetic_small.npz", 10000, 0.01, 10, softmax_regression, replace=True
     ),
-    "D": Protocol("D", "cifar_like.npz", 50, 0.1, 10, cifar_cnn),
+    "D": Protocol("D", "cifar_like.npz", 50, 0.1, 10, cifar_cnn, accelerator_rounds=50),
 }
 
 

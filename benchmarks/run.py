@@ -11,7 +11,7 @@ Systems, each in its own subprocess (so peak RSS and compilation caches are its 
   keras_loop     the loop a Keras user writes: set_weights / fit / get_weights
                  per client on a compiled Keras model.
 
-Timing follows shared/bench/PROTOCOL.md: one warm-up round, rounds 1..5 timed
+Timing follows shared/bench/PROTOCOL.md: one warm-up round, rounds 1..5 timed (1..50 for D on an accelerator)
 one by one until the new server weights are ready (sampling and batching
 included), medians reported; accuracy over all examples after 10 rounds.
 """
@@ -57,13 +57,13 @@ def _accuracy(model, weights, x, y) -> float:
 
 
 def _timed_rounds(protocol, num_rounds, run_round):
-    """Calls run_round(r) for every round; returns (seconds, examples) of rounds 1..5."""
+    """Calls run_round(r) for every round; returns (seconds, examples) of the timed rounds."""
     timed = []
     for r in range(num_rounds):
         start = time.perf_counter()
         examples = run_round(r)
         elapsed = time.perf_counter() - start
-        if 1 <= r <= protocol.cpu_rounds:
+        if 1 <= r <= protocol.timed_rounds():
             timed.append((elapsed, examples))
     return timed
 
