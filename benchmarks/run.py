@@ -11,8 +11,8 @@ Systems, each in its own subprocess (so peak RSS and compilation caches are its 
   keras_loop     the loop a Keras user writes: set_weights / fit / get_weights
                  per client on a compiled Keras model.
 
-Timing follows shared/bench/PROTOCOL.md: one warm-up round, rounds 1..5 timed (1..50 for D on an accelerator)
-one by one until the new server weights are ready (sampling and batching
+Timing follows shared/bench/PROTOCOL.md: one warm-up round, rounds 1..5 timed
+(1..50 for D on an accelerator) one by one until the new server weights are ready (sampling and batching
 included), medians reported; accuracy over all examples after 10 rounds.
 """
 
