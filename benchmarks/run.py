@@ -12,8 +12,9 @@ Systems, each in its own subprocess (so peak RSS and compilation caches are its 
                  per client on a compiled Keras model.
 
 Timing follows shared/bench/PROTOCOL.md: one warm-up round, rounds 1..5 timed
-(1..50 for D on an accelerator) one by one until the new server weights are ready (sampling and batching
-included), medians reported; accuracy over all examples after 10 rounds.
+(1..50 for D on an accelerator) one by one until the new server weights are
+ready (sampling and batching included), medians reported; accuracy over all
+examples after 10 rounds.
 """
 
 import argparse
