@@ -31,6 +31,12 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Runs without --run-dir write under ./runs: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _run(*args):
     return subprocess.run(
         [sys.executable, "-m", "fedjax_keras", *args],
