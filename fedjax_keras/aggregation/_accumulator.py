@@ -21,24 +21,24 @@ class ClientOutput(NamedTuple):
       update: pytree (usually the model delta, client minus server), summed
         with ``weight``.
       weight: float32 scalar, the client's aggregation weight.
-      weighted_extras: pytree summed with ``weight`` as well (e.g. averaged
-        non-trainable weights); may be ``()``.
-      summed_extras: pytree summed with weight 1 (e.g. SCAFFOLD's control
-        variate deltas); may be ``()``.
       metrics: the client's unfinalized metric state.
       loss_sum: float32, sum of ``loss * num_examples`` over its batches.
       num_examples: int32, examples the client trained on.
-      client_state: the client's new persistent state, or ``()``.
+      weighted_extras: pytree summed with ``weight`` as well (e.g. averaged
+        non-trainable weights); ``()`` (the default) for none.
+      summed_extras: pytree summed with weight 1 (e.g. SCAFFOLD's control
+        variate deltas); ``()`` for none.
+      client_state: the client's new persistent state; ``()`` for none.
     """
 
     update: Any
     weight: jax.Array
-    weighted_extras: Any
-    summed_extras: Any
     metrics: Any
     loss_sum: jax.Array
     num_examples: jax.Array
-    client_state: Any
+    weighted_extras: Any = ()
+    summed_extras: Any = ()
+    client_state: Any = ()
 
 
 class Accumulator(NamedTuple):

@@ -54,12 +54,9 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
         return ClientOutput(
             update=(),
             weight=num_examples.astype(jnp.float32),
-            weighted_extras=(),
-            summed_extras=(),
             metrics=metrics,
             loss_sum=loss_sum,
             num_examples=num_examples,
-            client_state=(),
         )
 
     def server_fn(model_weights, optimizer_state, extra, acc, population):

@@ -83,12 +83,9 @@ def build_fed_sgd(
             # The engine aggregates deltas and steps on -mean(delta): send -gradient.
             update=jax.tree.map(jnp.negative, mean_grad),
             weight=client_weight(num_examples, weighting),
-            weighted_extras=(),
-            summed_extras=(),
             metrics=metrics,
             loss_sum=loss_sum,
             num_examples=num_examples,
-            client_state=(),
         )
 
     def server_fn(model_weights, optimizer_state, extra, acc, population):
