@@ -86,3 +86,36 @@ class WeightsMismatchError(ValueError):
     architecture accepts them. The message lists the paths that are missing,
     unexpected or of the wrong shape.
     """
+
+
+class StateMismatchError(ValueError):
+    """A `ServerState` was given to a process other than the one that built it.
+
+    A state fixes the model's weights, the server optimizer's state, the
+    algorithm's and the aggregator's state and the client table; a process
+    built with another model, optimizer, algorithm or aggregator cannot run
+    it. The message names the parts and paths that differ. Use the process's
+    own ``initialize()``, or restore a checkpoint that the process wrote.
+    """
+
+
+class NonFiniteServerUpdateError(FloatingPointError):
+    """The server update of a round was NaN or inf, so it was not applied.
+
+    The previous server state is kept (the model is never overwritten with
+    NaN), and after ``max_nonfinite_rounds`` consecutive such rounds (1 by
+    default) `next` raises this error naming the round and the state leaves
+    that were not finite. Usual causes: a server learning rate too high for
+    an adaptive optimizer, a NaN learning rate, or an exploding aggregate.
+    """
+
+
+class LabelRangeError(ValueError):
+    """Integer labels fall outside the classes the model predicts.
+
+    With a sparse categorical loss, label ``k`` needs the model's last output
+    axis to have more than ``k`` entries; Keras on JAX silently trains nothing
+    (and reports loss 0) on labels out of range. The message names the client
+    and the label. Fix the labels, or give the model as many outputs as there
+    are classes.
+    """

@@ -262,12 +262,12 @@ def test_scaffold_control_variates_by_hand(model, runner):
     for server, c, c_i in _hand_scaffold(model, 2, cohort, 0.2):
         state = process.next(state, cohort).state
         assert_trees_all_close(state.model, server, rtol=1e-5, atol=1e-6)
-        assert_trees_all_close(state.extra, c, rtol=1e-4, atol=1e-5)
+        assert_trees_all_close(state.algorithm_state, c, rtol=1e-4, atol=1e-5)
         ids = list(cohort.client_ids)
-        stored = state.client_states.gather(ids)
+        stored = state.client_states.gather(cohort.population_positions)["algorithm"]
         expected = jax.tree.map(lambda *rows: np.stack(rows), *[c_i[cid] for cid in ids])
         assert_trees_all_close(stored, expected, rtol=1e-4, atol=1e-5)
-    assert len(state.client_states) == 3
+    assert state.client_states.seen_positions().tolist() == [0, 1, 2]
     assert any(np.abs(leaf).max() > 1e-3 for leaf in jax.tree.leaves(state.extra))
 
 
@@ -332,7 +332,6 @@ def test_non_trainable_broadcast_and_average(bn_model, policy):
 
 def test_non_trainable_per_client_keeps_each_clients_stats(bn_model):
     cohort = make_clients(BN_SIZES, seed=19)
-    ids = list(cohort.client_ids)
     process = _fed_avg(bn_model, non_trainable="per_client")
     state = process.initialize(0)
     server = bn_model.initial_weights
@@ -342,7 +341,7 @@ def test_non_trainable_per_client_keeps_each_clients_stats(bn_model):
         finals = _bn_clients(bn_model, server.trainable, starts, cohort)
         server = ModelWeights(_trainable_mean(finals, server, BN_SIZES), server.non_trainable)
         starts = [f.non_trainable for f in finals]
-        stored = state.client_states.gather(ids)
+        stored = state.client_states.gather(cohort.population_positions)["algorithm"]
         expected = jax.tree.map(lambda *rows: np.stack(rows), *starts)
         assert_trees_all_close(stored, expected, rtol=1e-5, atol=1e-6)
         assert_trees_all_close(state.model, server, rtol=1e-5, atol=1e-6)
@@ -367,11 +366,12 @@ def test_fed_eval_sums_then_finalizes(model, cohort, fed_avg_round):
 
 def test_per_client_default_follows_set_model_weights(bn_model):
     """FedBN from pre-trained weights: clients not seen yet start from the new statistics."""
-    process = _fed_avg(bn_model, non_trainable="per_client")
+    process = _fed_avg(bn_model, non_trainable="per_client", population_size=2)
     state = process.initialize(0)
+    seen_row = jax.tree.map(lambda a: np.asarray(a)[None] + 5.0, state.model.non_trainable)
     state = state.replace(
         client_states=state.client_states.scatter(
-            ["seen"], jax.tree.map(lambda a: np.asarray(a)[None] + 5.0, state.model.non_trainable)
+            np.array([1]), {"algorithm": seen_row, "aggregator": ()}
         )
     )
     pretrained = ModelWeights(
@@ -379,9 +379,96 @@ def test_per_client_default_follows_set_model_weights(bn_model):
         jax.tree.map(lambda a: np.asarray(a) + 1.0, state.model.non_trainable),
     )
     state = process.set_model_weights(state, pretrained)
-    rows = state.client_states.gather(["new", "seen"])
+    rows = state.client_states.gather(np.array([0, 1]))["algorithm"]
     assert_trees_all_close(jax.tree.map(lambda a: a[0], rows), pretrained.non_trainable)
     assert_trees_all_close(
         jax.tree.map(lambda a: a[1], rows),
         jax.tree.map(lambda a: a + 4.0, pretrained.non_trainable),
     )
+
+
+# ----------------------------------------------------------------- padded steps, optimizer state
+@pytest.mark.parametrize("runner", ["vmap", "sequential"])
+@pytest.mark.parametrize(
+    "client_optimizer, keras_optimizer",
+    [
+        (optax.sgd(0.1, momentum=0.9), lambda: keras.optimizers.SGD(0.1, momentum=0.9)),
+        (lambda: keras.optimizers.Adam(0.01), lambda: keras.optimizers.Adam(0.01)),
+    ],
+    ids=["momentum", "adam"],
+)
+def test_uneven_clients_with_stateful_client_optimizers_equal_keras_fit(
+    runner, client_optimizer, keras_optimizer
+):
+    """Clients of 7, 2 and 5 examples share a chunk (3 steps): the short clients' padded
+    steps must leave momentum and Adam moments alone, as Keras fit on each client does."""
+    model = wrap(toy_models.mlp(seed=71))
+    sizes = [7, 2, 5]
+    cohort = make_clients(sizes, seed=72)
+    process = build_weighted_fed_avg(
+        model,
+        client_optimizer,
+        optax.sgd(1.0),
+        batch_size=BATCH,
+        shuffle=False,
+        chunk_size=3,
+        step_buckets="exact",
+        runner=runner,
+    )
+    state = process.next(process.initialize(0), cohort).state
+    server = model.initial_weights
+    deltas = []
+    for _, client in cohort:
+        net = model.to_keras(server)
+        net.compile(
+            optimizer=keras_optimizer(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        net.fit(client["x"], client["y"], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        final = {w.path: np.asarray(w.value) for w in net.weights}
+        ours = model.to_keras(server)
+        deltas.append(
+            {k: final[w.path] - np.asarray(w.value) for k, w in zip(server.trainable, ours.weights)}
+        )
+    mean = weighted_mean(deltas, sizes)
+    expected = {k: np.asarray(server.trainable[k]) + mean[k] for k in mean}
+    assert_trees_all_close(state.model.trainable, expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------- SCAFFOLD, partial participation
+def test_scaffold_divides_control_deltas_by_the_population_not_the_cohort(model):
+    """Population N = 5, cohorts of 2: c moves by sum(c_i+ - c_i) / 5 (Karimireddy et al.)."""
+    data = make_clients([5, 7, 2, 4, 6], seed=73)
+    cohorts = [data.subset(p) for p in ([0, 3], [1, 3], [4, 0])]
+    lr = 0.2
+    process = build_scaffold(model, lr, batch_size=BATCH, shuffle=False, population_size=5)
+    state = process.initialize(0)
+    server = model.initial_weights
+    c = _zero(server.trainable)
+    c_i = [_zero(server.trainable) for _ in range(5)]
+    for cohort in cohorts:
+        state = process.next(state, cohort).state
+        deltas, sizes, control_deltas = [], [], []
+        for position, (_, client) in zip(cohort.population_positions, cohort):
+            ci = c_i[position]
+            correction = lambda t, c=c, ci=ci: {k: c[k] - ci[k] for k in t}
+            final, steps = _hand_client(model, server, client, correction, lr=lr)
+            new_ci = {
+                k: ci[k] - c[k] + (server.trainable[k] - final.trainable[k]) / (steps * lr)
+                for k in ci
+            }
+            control_deltas.append({k: new_ci[k] - ci[k] for k in ci})
+            c_i[position] = new_ci
+            deltas.append(delta(final, server))
+            sizes.append(len(client["y"]))
+        mean = weighted_mean(deltas, sizes)
+        server = ModelWeights(
+            {k: server.trainable[k] + mean[k] for k in mean}, server.non_trainable
+        )
+        c = {k: c[k] + sum(d[k] for d in control_deltas) / 5 for k in c}
+        assert_trees_all_close(state.model, server, rtol=1e-5, atol=1e-6)
+        assert_trees_all_close(state.algorithm_state, c, rtol=1e-4, atol=1e-5)
+    stored = state.client_states.gather(np.arange(5))["algorithm"]
+    expected = jax.tree.map(lambda *rows: np.stack(rows), *c_i)
+    assert_trees_all_close(stored, expected, rtol=1e-4, atol=1e-5)
+    assert state.client_states.seen_positions().tolist() == [0, 1, 3, 4]

@@ -17,11 +17,11 @@ from fedjax_keras.cli import config as config_lib
 from fedjax_keras.cli import main as cli_main
 from fedjax_keras.cli.experiment import build_model, build_process
 from fedjax_keras.cli.tasks import load_task
-from fedjax_keras.client import ClientStateStore
+from fedjax_keras.client import ClientTable
 from fedjax_keras.models import ModelWeights
 
 
-def _state(store=None, scale=1.0):
+def _state(table=None, scale=1.0):
     return ServerState(
         model=ModelWeights(
             {"dense/kernel": jnp.arange(6.0).reshape(2, 3) * scale}, {"bn/mean": jnp.ones(3)}
@@ -29,14 +29,11 @@ def _state(store=None, scale=1.0):
         optimizer_state=({"mu": jnp.full((2, 3), 0.5)}, ()),
         round_num=np.int64(7),
         seed=np.int64(3),
-        extra=(),
-        client_states=store,
+        client_states=table,
     )
 
 
 def _assert_bitwise(a, b):
-    if isinstance(a, ServerState):  # the store is static tree data: compare it separately
-        a, b = a.replace(client_states=None), b.replace(client_states=None)
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert jax.tree.structure(jax.tree.map(lambda _: 0, a)) == jax.tree.structure(
         jax.tree.map(lambda _: 0, b)
@@ -46,22 +43,25 @@ def _assert_bitwise(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("placement", ["device", "host"])
-def test_round_trip_with_client_store_of_mixed_ids(tmp_path, placement):
+def test_round_trip_with_a_client_table_needs_no_special_case(tmp_path):
     default = {"c": np.zeros((2,), np.float32), "n": np.zeros((), np.int32)}
-    ids = [5, "alice", ("f0001", 2)]
-    store = ClientStateStore(default, placement).scatter(
-        ids, {"c": np.arange(6, dtype=np.float32).reshape(3, 2), "n": np.array([1, 2, 3], np.int32)}
+    positions = np.array([4, 0, 2])
+    table = ClientTable.create(default, 5).scatter(
+        positions,
+        {"c": np.arange(6, dtype=np.float32).reshape(3, 2), "n": np.array([1, 2, 3], np.int32)},
     )
-    state = _state(store)
+    state = _state(table)
     save_state(tmp_path, state, 7)
     assert latest_round(tmp_path) == 7
-    restored = restore_state(tmp_path, _state(ClientStateStore(default, placement), scale=0.0))
+    restored = restore_state(tmp_path, _state(ClientTable.create(default, 5), scale=0.0))
     _assert_bitwise(state, restored)
     assert isinstance(restored.round_num, np.int64) and int(restored.round_num) == 7
-    assert restored.client_states.client_ids == ids
-    assert restored.client_states.placement == placement
-    _assert_bitwise(store.gather(ids + ["new"]), restored.client_states.gather(ids + ["new"]))
+    assert restored.client_states.seen_positions().tolist() == [0, 2, 4]
+    everyone = np.arange(5)
+    _assert_bitwise(table.gather(everyone), restored.client_states.gather(everyone))
+    # A template of another population size does not fit.
+    with pytest.raises(CheckpointMismatchError, match="population_size"):
+        restore_state(tmp_path, _state(ClientTable.create(default, 6)))
 
 
 def test_latest_round_rounds_and_errors(tmp_path):
@@ -73,7 +73,7 @@ def test_latest_round_rounds_and_errors(tmp_path):
     _assert_bitwise(restore_state(tmp_path, _state(), round_num=4), _state(scale=4))
     with pytest.raises(FileNotFoundError, match="round 2"):
         restore_state(tmp_path, _state(), round_num=2)
-    other = _state().replace(extra={"control": jnp.zeros(3)})
+    other = _state().replace(algorithm_state={"control": jnp.zeros(3)})
     with pytest.raises(CheckpointMismatchError, match="template"):
         restore_state(tmp_path, other)
     with pytest.raises(FileNotFoundError):
@@ -140,9 +140,8 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     final_killed = restore_state(os.path.join(killed, "checkpoints"), template, 4)
     final_whole = restore_state(os.path.join(whole, "checkpoints"), template, 4)
     _assert_bitwise(final_killed, final_whole)
-    store_k, store_w = final_killed.client_states, final_whole.client_states
-    assert store_k.client_ids == store_w.client_ids  # SCAFFOLD's control variates came back
-    _assert_bitwise(store_k.gather(store_k.client_ids), store_w.gather(store_w.client_ids))
+    # SCAFFOLD's control variates came back (the table is part of the state above).
+    assert len(final_killed.client_states.seen_positions()) > 0
     resumed, uninterrupted = _rows(killed), _rows(whole)
     assert [row["round"] for row in resumed] == [1, 2, 3, 4]
     for a, b in zip(resumed, uninterrupted):

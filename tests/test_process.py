@@ -97,20 +97,25 @@ def adam_server_process(dense_model):
 
 
 @pytest.mark.parametrize("kind", ["all_dropped", "no_examples"])
-def test_round_without_usable_clients_is_a_no_op(adam_server_process, kind):
+def test_round_without_usable_clients_is_a_no_op_with_nan_metrics(adam_server_process, kind):
+    """Nothing counted: the state is unchanged, and the metrics say NaN (with a warning),
+    never a loss of 0.0 that reads as success."""
     process = adam_server_process
     if kind == "all_dropped":
-        cohort = _all_nan(3)
+        cohort, why = _all_nan(3), "all 3 client.s. with examples had non-finite results"
     else:
-        cohort = make_clients([0, 0], seed=28)
+        cohort, why = make_clients([0, 0], seed=28), "2 client.s. hold no examples"
     state = process.initialize(0)
-    out = process.next(state, cohort)
+    with pytest.warns(RuntimeWarning, match=f"Round 0: .*{why}.*NaN"):
+        out = process.next(state, cohort)
     assert_trees_all_close(out.state.model, state.model, rtol=0, atol=0)
     assert_trees_all_close(out.state.optimizer_state, state.optimizer_state, rtol=0, atol=0)
     assert out.metrics["num_examples"] == 0
+    assert out.metrics["num_clients"] == 0
     assert out.metrics["num_dropped_clients"] == (3 if kind == "all_dropped" else 0)
+    assert out.metrics["num_empty_clients"] == (0 if kind == "all_dropped" else 2)
     for name in ("loss", "sparse_categorical_accuracy"):
-        assert np.isfinite(out.metrics[name])
+        assert np.isnan(out.metrics[name])
     assert int(out.state.round_num) == 1
 
 
@@ -213,7 +218,8 @@ def test_client_state_is_kept_by_population_id_under_sampling_with_replacement()
     cohort = data.sample_clients(6, seed=1)  # more than the population: with replacement
     assert len(set(cohort.client_ids)) == 6 and len(set(cohort.population_ids)) < 6
     state = process.next(process.initialize(0), cohort).state
-    assert sorted(state.client_states.client_ids) == sorted(set(cohort.population_ids))
+    seen = state.client_states.seen_positions().tolist()
+    assert seen == sorted(set(cohort.population_positions.tolist()))
     with pytest.raises(TypeError, match="stable client ids"):
         process.next(state, [data.client(0), data.client(1)])
 

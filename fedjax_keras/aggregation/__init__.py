@@ -1,7 +1,13 @@
-"""Aggregating client results: running sums on device, weighted or uniform means."""
+"""Aggregators: how client contributions become one aggregate (mean, sum, ...)."""
 
-from fedjax_keras.aggregation._accumulator import Accumulator as Accumulator
-from fedjax_keras.aggregation._accumulator import ClientOutput as ClientOutput
-from fedjax_keras.aggregation._accumulator import accumulate as accumulate
-from fedjax_keras.aggregation._accumulator import init_accumulator as init_accumulator
-from fedjax_keras.aggregation._accumulator import weighted_mean as weighted_mean
+from fedjax_keras.aggregation._aggregator import Aggregator as Aggregator
+from fedjax_keras.aggregation._aggregator import Contributions as Contributions
+from fedjax_keras.aggregation._aggregator import SumState as SumState
+from fedjax_keras.aggregation._aggregator import by_key as by_key
+from fedjax_keras.aggregation._aggregator import check_aggregator as check_aggregator
+from fedjax_keras.aggregation._aggregator import keep_mask as keep_mask
+from fedjax_keras.aggregation._aggregator import masked_sum as masked_sum
+from fedjax_keras.aggregation._aggregator import mean as mean
+from fedjax_keras.aggregation._aggregator import safe_divide as safe_divide
+from fedjax_keras.aggregation._aggregator import sum as sum
+from fedjax_keras.aggregation._aggregator import zeros_like_spec as zeros_like_spec

@@ -1,14 +1,22 @@
-"""Federated algorithms with TFF's builder names.
+"""Federated algorithms with TFF's builder names, and the engine that runs them.
 
 FedAvg (weighted, unweighted), FedOpt, FedProx, FedSGD, SCAFFOLD, evaluation.
 """
 
+from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
+from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
+from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
-from fedjax_keras.algorithms._process import RoundOutput as RoundOutput
-from fedjax_keras.algorithms._process import ServerState as ServerState
+from fedjax_keras.algorithms._registry import AlgorithmEntry as AlgorithmEntry
+from fedjax_keras.algorithms._registry import AlgorithmSettings as AlgorithmSettings
+from fedjax_keras.algorithms._registry import algorithm_names as algorithm_names
+from fedjax_keras.algorithms._registry import get_algorithm as get_algorithm
+from fedjax_keras.algorithms._registry import register as register
 from fedjax_keras.algorithms._scaffold import build_scaffold as build_scaffold
+from fedjax_keras.algorithms._state import RoundOutput as RoundOutput
+from fedjax_keras.algorithms._state import ServerState as ServerState

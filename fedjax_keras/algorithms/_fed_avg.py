@@ -4,27 +4,34 @@ McMahan et al., "Communication-Efficient Learning of Deep Networks from
 Decentralized Data", AISTATS 2017, arXiv:1602.05629. Reddi et al., "Adaptive
 Federated Optimization", ICLR 2021, arXiv:2003.00295 (FedAdam, FedYogi,
 FedAdagrad: pass the optimizer as ``server_optimizer``).
+
+Round: every client starts from the server weights ``w`` and runs local
+steps of the client optimizer over its batches, ending at ``w_k``; the
+aggregator combines the deltas ``d_k = w_k - w`` (by default the mean
+weighted by example counts); the server optimizer steps on the
+pseudo-gradient ``-aggregate``: with ``optax.sgd(1.0)``, ``w + mean(d_k)``.
 """
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import ClientOutput, weighted_mean
-from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess, require_model
-from fedjax_keras.client import ClientProgram, TrainCarry, start_training, training_step
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
+from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.client import (
+    ClientOutput,
+    ClientProgram,
+    TrainCarry,
+    start_training,
+    training_step,
+)
 from fedjax_keras.client._local_update import GradCorrection
 from fedjax_keras.models import Model, ModelWeights
-from fedjax_keras.optimizers import as_optimizer
-from fedjax_keras.optimizers._functional import tree_where
+from fedjax_keras.optimizers import Optimizer, as_optimizer
 
 WEIGHTINGS = ("num_examples", "uniform")
 NON_TRAINABLE_POLICIES = ("broadcast", "average", "per_client")
-
-
-def _check_choice(value, choices, argument):
-    if value not in choices:
-        raise ValueError(f"{argument} must be one of {choices}; received {value!r}.")
 
 
 def client_weight(num_examples, weighting: str):
@@ -34,21 +41,23 @@ def client_weight(num_examples, weighting: str):
     return jnp.where(num_examples > 0, 1.0, 0.0)
 
 
-def apply_pseudo_gradient(server_optimizer, model: ModelWeights, optimizer_state, acc):
-    """Server step on ``-mean(client delta)``; a round with zero total weight is a no-op."""
-    mean_delta = weighted_mean(acc.update_sum, acc.weight_sum)
+def default_server_optimizer(server_optimizer):
+    """``optax.sgd(1.0)`` (the server takes the clients' mean) when none is given."""
+    return optax.sgd(1.0) if server_optimizer is None else server_optimizer
+
+
+def pseudo_gradient_step(server_optimizer: Optimizer, state, mean_delta):
+    """``state`` with the server optimizer stepped on ``-mean_delta`` (trainable weights)."""
     pseudo_gradient = jax.tree.map(jnp.negative, mean_delta)
-    new_trainable, new_state = server_optimizer.update(
-        pseudo_gradient, optimizer_state, model.trainable
+    trainable, optimizer_state = server_optimizer.update(
+        pseudo_gradient, state.optimizer_state, state.model.trainable
     )
-    has_weight = acc.weight_sum > 0
-    return (
-        tree_where(has_weight, new_trainable, model.trainable),
-        tree_where(has_weight, new_state, optimizer_state),
+    return state.replace(
+        model=ModelWeights(trainable, state.model.non_trainable), optimizer_state=optimizer_state
     )
 
 
-def fed_avg_spec(
+def fed_avg_algorithm(
     model: Model,
     client_optimizer,
     server_optimizer,
@@ -56,9 +65,10 @@ def fed_avg_spec(
     weighting: str = "num_examples",
     non_trainable: str = "broadcast",
     grad_correction: GradCorrection | None = None,
+    aggregator: Aggregator | None = None,
     name: str = "fed_avg",
-) -> AlgorithmSpec:
-    """The `AlgorithmSpec` of FedAvg with optional gradient correction (FedProx).
+) -> FederatedAlgorithm:
+    """FedAvg as a `FederatedAlgorithm`, with optional gradient correction (FedProx).
 
     Args:
       model: the wrapped model.
@@ -68,15 +78,18 @@ def fed_avg_spec(
         unchanged: TFF's behaviour), ``'average'`` (weighted mean of the clients'
         final values) or ``'per_client'`` (each client keeps its own, FedBN).
       grad_correction: ``(grads, trainable, (broadcast, client_state)) -> grads``.
+      aggregator: combines the clients' deltas (default: `mean`).
       name: for messages.
     """
     require_model(model)
-    _check_choice(weighting, WEIGHTINGS, "weighting")
-    _check_choice(non_trainable, NON_TRAINABLE_POLICIES, "non_trainable")
+    check_choice(weighting, WEIGHTINGS, "weighting")
+    check_choice(non_trainable, NON_TRAINABLE_POLICIES, "non_trainable")
+    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
     template = model.initial_weights.trainable
     client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
     server_opt = as_optimizer(server_optimizer, template, argument="server_optimizer")
     step = training_step(model, client_opt, grad_correction)
+    averaged = non_trainable == "average"
 
     def start(broadcast, client_state) -> TrainCarry:
         server = broadcast.model
@@ -89,33 +102,35 @@ def fed_avg_spec(
 
     def finish(carry: TrainCarry, broadcast, client_state) -> ClientOutput:
         final = carry.weights
+        delta = jax.tree.map(jnp.subtract, final.trainable, broadcast.model.trainable)
         return ClientOutput(
-            update=jax.tree.map(jnp.subtract, final.trainable, broadcast.model.trainable),
+            update={"delta": delta, "non_trainable": final.non_trainable} if averaged else delta,
             weight=client_weight(carry.num_examples, weighting),
-            weighted_extras=final.non_trainable if non_trainable == "average" else (),
-            summed_extras=(),
             metrics=carry.metrics,
             loss_sum=carry.loss_sum,
             num_examples=carry.num_examples,
             client_state=final.non_trainable if non_trainable == "per_client" else (),
         )
 
-    def server_fn(model_weights, optimizer_state, extra, acc, population):
-        trainable, optimizer_state = apply_pseudo_gradient(
-            server_opt, model_weights, optimizer_state, acc
-        )
-        new_non_trainable = model_weights.non_trainable
-        if non_trainable == "average":
-            averaged = weighted_mean(acc.weighted_extras_sum, acc.weight_sum)
-            new_non_trainable = tree_where(acc.weight_sum > 0, averaged, new_non_trainable)
-        return ModelWeights(trainable, new_non_trainable), optimizer_state, extra
+    def server_update(state, aggregate, key):
+        del key
+        if not averaged:
+            return pseudo_gradient_step(server_opt, state, aggregate), {}
+        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
+        weights = ModelWeights(state.model.trainable, aggregate["non_trainable"])
+        return state.replace(model=weights), {}
 
-    return AlgorithmSpec(
+    return FederatedAlgorithm(
         name=name,
-        program=ClientProgram(start, step, finish),
-        server_fn=server_fn,
-        init_optimizer_state=server_opt.init,
-        client_state_default=(lambda w: w.non_trainable) if non_trainable == "per_client" else None,
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
+        server_update=server_update,
+        aggregator=(
+            by_key({"delta": delta_aggregator, "non_trainable": mean()})
+            if averaged
+            else delta_aggregator
+        ),
+        client_state_init=(lambda w: w.non_trainable) if non_trainable == "per_client" else None,
     )
 
 
@@ -125,6 +140,7 @@ def build_weighted_fed_avg(
     server_optimizer=None,
     *,
     non_trainable: str = "broadcast",
+    aggregator: Aggregator | None = None,
     **engine_options,
 ) -> FederatedProcess:
     """FedAvg with client updates weighted by their number of examples (TFF's name).
@@ -136,16 +152,19 @@ def build_weighted_fed_avg(
       model: from `fedjax_keras.from_keras_model`.
       client_optimizer: optax transform, Keras optimizer, or zero-argument
         callable returning one (TFF's ``client_optimizer_fn``).
-      server_optimizer: applied to the pseudo-gradient ``-mean(client delta)``;
+      server_optimizer: applied to the pseudo-gradient ``-aggregate``;
         default ``optax.sgd(1.0)`` (plain averaging).
       non_trainable: what happens to non-trainable weights (BatchNorm
         statistics): 'broadcast' (sent to clients, kept unchanged on the
         server: TFF's behaviour), 'average' (weighted mean of the clients' final
         values) or 'per_client' (each client keeps its own: FedBN).
-      **engine_options: see `FederatedProcess`:
+      aggregator: how the clients' deltas are combined, a
+        `fedjax_keras.aggregation.Aggregator` (default: ``mean()``, weighted
+        by example counts; e.g. ``clipped(1.0, mean())``).
+      **engine_options: see `fedjax_keras.algorithms.EngineOptions`:
         ``batch_size`` (20), ``epochs`` (1), ``shuffle`` (True), ``chunk_size``,
         ``step_buckets``, ``runner``, ``group_size``, ``data_placement``,
-        ``device_data_limit``, ``client_state_placement``.
+        ``device_data_limit``, ``population_size``, ``mesh``, ``max_nonfinite_rounds``.
 
     Returns:
       A `FederatedProcess` with ``initialize(seed)`` and ``next(state, cohort)``.
@@ -158,15 +177,16 @@ def build_weighted_fed_avg(
       >>> sorted(out.metrics)[:3]
       ['loss', 'num_clients', 'num_dropped_clients']
     """
-    spec = fed_avg_spec(
+    algorithm = fed_avg_algorithm(
         model,
         client_optimizer,
         default_server_optimizer(server_optimizer),
         weighting="num_examples",
         non_trainable=non_trainable,
+        aggregator=aggregator,
         name="weighted_fed_avg",
     )
-    return FederatedProcess(model, spec, **engine_options)
+    return FederatedProcess(model, algorithm, **engine_options)
 
 
 def build_unweighted_fed_avg(
@@ -175,23 +195,20 @@ def build_unweighted_fed_avg(
     server_optimizer=None,
     *,
     non_trainable: str = "broadcast",
+    aggregator: Aggregator | None = None,
     **engine_options,
 ) -> FederatedProcess:
     """FedAvg with every client that has examples weighted equally.
 
     Same arguments as `build_weighted_fed_avg`.
     """
-    spec = fed_avg_spec(
+    algorithm = fed_avg_algorithm(
         model,
         client_optimizer,
         default_server_optimizer(server_optimizer),
         weighting="uniform",
         non_trainable=non_trainable,
+        aggregator=aggregator,
         name="unweighted_fed_avg",
     )
-    return FederatedProcess(model, spec, **engine_options)
-
-
-def default_server_optimizer(server_optimizer):
-    """``optax.sgd(1.0)`` (the server takes the clients' mean) when none is given."""
-    return optax.sgd(1.0) if server_optimizer is None else server_optimizer
+    return FederatedProcess(model, algorithm, **engine_options)

@@ -7,9 +7,9 @@ clients, and the sum is finalized once.
 
 import jax.numpy as jnp
 
-from fedjax_keras.aggregation import ClientOutput
-from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess, require_model
-from fedjax_keras.client import ClientProgram
+from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.client import ClientOutput, ClientProgram
 from fedjax_keras.models import Model
 
 
@@ -59,10 +59,10 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
             num_examples=num_examples,
         )
 
-    def server_fn(model_weights, optimizer_state, extra, acc, population):
-        return model_weights, optimizer_state, extra
-
-    spec = AlgorithmSpec(
-        "fed_eval", ClientProgram(start, step, finish), server_fn, lambda trainable: ()
+    algorithm = FederatedAlgorithm(
+        name="fed_eval",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: ((), ()),
+        server_update=lambda state, aggregate, key: (state, {}),
     )
-    return FederatedProcess(model, spec, **options)
+    return FederatedProcess(model, algorithm, **options)

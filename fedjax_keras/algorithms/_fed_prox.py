@@ -7,7 +7,8 @@ with ``mu = 0`` it is exactly FedAvg.
 
 import jax
 
-from fedjax_keras.algorithms._fed_avg import default_server_optimizer, fed_avg_spec
+from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._fed_avg import default_server_optimizer, fed_avg_algorithm
 from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.models import Model
 
@@ -20,6 +21,7 @@ def build_fed_prox(
     mu: float,
     weighting: str = "num_examples",
     non_trainable: str = "broadcast",
+    aggregator: Aggregator | None = None,
     **engine_options,
 ) -> FederatedProcess:
     """FedProx with proximal strength ``mu`` (TFF: ``build_weighted_fed_prox``).
@@ -29,8 +31,8 @@ def build_fed_prox(
       mu: proximal strength, >= 0.
       weighting: 'num_examples' or 'uniform'.
       non_trainable: 'broadcast', 'average' or 'per_client'.
-      **engine_options: batch_size, epochs, shuffle, chunk_size, step_buckets,
-        runner, client_state_placement (see `build_weighted_fed_avg`).
+      aggregator: combines the clients' deltas (default: the weighted mean).
+      **engine_options: see `build_weighted_fed_avg`.
     """
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
         raise ValueError(f"mu must be a number >= 0; received {mu!r}.")
@@ -42,13 +44,14 @@ def build_fed_prox(
             lambda g, w, w0: g + mu * (w - w0), grads, trainable, broadcast.model.trainable
         )
 
-    spec = fed_avg_spec(
+    algorithm = fed_avg_algorithm(
         model,
         client_optimizer,
         default_server_optimizer(server_optimizer),
         weighting=weighting,
         non_trainable=non_trainable,
         grad_correction=proximal,
+        aggregator=aggregator,
         name="fed_prox",
     )
-    return FederatedProcess(model, spec, **engine_options)
+    return FederatedProcess(model, algorithm, **engine_options)

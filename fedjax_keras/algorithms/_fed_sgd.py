@@ -8,17 +8,14 @@ step over the union of the cohort's data.
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from fedjax_keras.aggregation import ClientOutput
-from fedjax_keras.algorithms._fed_avg import (
-    WEIGHTINGS,
-    _check_choice,
-    apply_pseudo_gradient,
-    client_weight,
-)
-from fedjax_keras.algorithms._process import AlgorithmSpec, FederatedProcess, require_model
-from fedjax_keras.client import ClientProgram
-from fedjax_keras.models import Model, ModelWeights
+from fedjax_keras.aggregation import Aggregator, check_aggregator, mean
+from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
+from fedjax_keras.algorithms._fed_avg import WEIGHTINGS, client_weight, pseudo_gradient_step
+from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.client import ClientOutput, ClientProgram
+from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer
 
 
@@ -27,6 +24,7 @@ def build_fed_sgd(
     server_optimizer=None,
     *,
     weighting: str = "num_examples",
+    aggregator: Aggregator | None = None,
     **engine_options,
 ) -> FederatedProcess:
     """FedSGD (TFF: ``build_fed_sgd``): the server optimizer steps on the mean gradient.
@@ -35,12 +33,11 @@ def build_fed_sgd(
       model: from `from_keras_model`.
       server_optimizer: applied to the averaged gradient; default ``optax.sgd(0.1)``.
       weighting: 'num_examples' or 'uniform'.
-      **engine_options: as in `build_fed_prox` (``epochs`` must stay 1).
+      aggregator: combines the clients' negated gradients (default: the weighted mean).
+      **engine_options: see `build_weighted_fed_avg` (``epochs`` must stay 1).
     """
-    import optax
-
     require_model(model)
-    _check_choice(weighting, WEIGHTINGS, "weighting")
+    check_choice(weighting, WEIGHTINGS, "weighting")
     options = {"shuffle": False, **engine_options}
     if options.get("epochs", 1) != 1:
         raise ValueError(
@@ -88,11 +85,14 @@ def build_fed_sgd(
             num_examples=num_examples,
         )
 
-    def server_fn(model_weights, optimizer_state, extra, acc, population):
-        trainable, optimizer_state = apply_pseudo_gradient(
-            server_opt, model_weights, optimizer_state, acc
-        )
-        return ModelWeights(trainable, model_weights.non_trainable), optimizer_state, extra
-
-    spec = AlgorithmSpec("fed_sgd", ClientProgram(start, step, finish), server_fn, server_opt.init)
-    return FederatedProcess(model, spec, **options)
+    algorithm = FederatedAlgorithm(
+        name="fed_sgd",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
+        server_update=lambda state, aggregate, key: (
+            pseudo_gradient_step(server_opt, state, aggregate),
+            {},
+        ),
+        aggregator=check_aggregator(mean() if aggregator is None else aggregator),
+    )
+    return FederatedProcess(model, algorithm, **options)

@@ -1,107 +1,45 @@
-"""The round loop shared by the FedAvg family: batch, run chunks, aggregate, update.
+"""The round loop: any `FederatedAlgorithm`, any executor, any mesh.
 
 One round of a `FederatedProcess`:
 
-1. the cohort is batched on the host into static-shape chunks
-   ``[clients, steps, batch, ...]`` (clients sorted by step count, steps
-   rounded up to a few buckets, the partial last batch masked);
-2. each chunk is put on the device at once and run by a `ChunkRunner`
-   (vmapped, unrolled, or one client per call), its outputs added to running
-   sums on the device;
-3. one compiled server step turns the sums into the new server state and the
-   round's metrics.
+1. the cohort is checked (shapes, labels) and planned on the host into
+   static-shape chunks ``[clients, steps, batch, ...]`` (clients sorted by
+   step count, steps rounded up to a few buckets, the partial last batch
+   masked): integer index arrays only;
+2. each chunk is run by the executor (`fedjax_keras.parallel`): the clients'
+   local work and the absorption of their outputs into the round's carry
+   (aggregator, metric sums, client table) happen inside compiled programs,
+   sharded over the mesh's devices;
+3. one compiled program finalizes the aggregate and applies the algorithm's
+   server update, guarded (`fedjax_keras.algorithms._round`).
 
-Everything compiled is cached per chunk shape, so a run compiles a handful of
-programs in its first rounds and none after.
+Every compiled program is cached per chunk shape, so a run compiles a
+handful of programs in its first rounds and none after. The process never
+changes its options; what it caches (compiled programs, the population's
+device copy, the executor measured once when asked to) does not change a
+number.
 """
 
-import dataclasses
+import warnings
 import zlib
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_keras.aggregation import Accumulator, init_accumulator
-from fedjax_keras.client import (
-    Chunk,
-    ChunkRunner,
-    ClientBatchArrays,
-    ClientProgram,
-    ClientStateStore,
-)
-from fedjax_keras.client._runners import _chunk_data, choose_mode
+from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.algorithms._options import EngineOptions
+from fedjax_keras.algorithms._round import finish_round, make_chunk_program, start_carry
+from fedjax_keras.algorithms._state import RoundOutput, ServerState
+from fedjax_keras.client import ClientBatchArrays, ClientTable, round_key
 from fedjax_keras.data import FederatedData, plan_cohort
-from fedjax_keras.data._batching import _round_steps
+from fedjax_keras.errors import NonFiniteServerUpdateError, StateMismatchError
 from fedjax_keras.models import Model, ModelWeights
+from fedjax_keras.parallel import Chunk, ChunkInfo, HostChunk, Placement, RoundInputs
+from fedjax_keras.parallel._choose import agree_across_processes, choose_fastest
 
-RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
-
-
-@flax.struct.dataclass
-class ServerState:
-    """The state of a federated process between rounds (a pytree).
-
-    Attributes:
-      model: the server's `ModelWeights`.
-      optimizer_state: the server optimizer's state.
-      round_num: int64 scalar, rounds completed.
-      seed: int64 scalar, the seed given to ``initialize``; with ``round_num``
-        it determines every random choice of the next round.
-      extra: the algorithm's own server state (SCAFFOLD's control variate), or ``()``.
-      client_states: the `ClientStateStore` of per-client state, or None.
-    """
-
-    model: ModelWeights
-    optimizer_state: Any
-    round_num: Any
-    seed: Any
-    extra: Any = ()
-    client_states: Any = flax.struct.field(pytree_node=False, default=None)
-
-
-class RoundOutput(NamedTuple):
-    """What ``process.next`` returns (TFF's ``LearningProcessOutput``).
-
-    Attributes:
-      state: the new `ServerState`.
-      metrics: dict of Python floats / ints (NumPy arrays for vector metrics).
-    """
-
-    state: ServerState
-    metrics: dict
-
-
-class Broadcast(NamedTuple):
-    """What the server sends every client of a round."""
-
-    model: ModelWeights
-    extra: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class AlgorithmSpec:
-    """The parts in which the algorithms of the family differ.
-
-    Attributes:
-      name: for messages.
-      program: the clients' `ClientProgram` (start / step / finish).
-      server_fn: ``(state, acc, population) -> (model, optimizer_state, extra)``, pure.
-      init_optimizer_state: ``(trainable) -> server optimizer state``.
-      init_extra: ``(weights) -> extra server state``.
-      client_state_default: ``(weights) -> one client's default persistent
-        state``, or None when the algorithm keeps none.
-    """
-
-    name: str
-    program: ClientProgram
-    server_fn: Callable[..., tuple]
-    init_optimizer_state: Callable[[Any], Any]
-    init_extra: Callable[[ModelWeights], Any] = lambda weights: ()
-    client_state_default: Callable[[ModelWeights], Any] | None = None
+_NO_SLOT = np.iinfo(np.int32).max
 
 
 def as_cohort(cohort) -> FederatedData:
@@ -117,47 +55,6 @@ def as_cohort(cohort) -> FederatedData:
     )
 
 
-def require_model(model) -> None:
-    """Raises a TypeError with the fix unless ``model`` came from `from_keras_model`."""
-    if not isinstance(model, Model):
-        raise TypeError(
-            "The algorithm builders take the Model returned by fedjax_keras.from_keras_model; "
-            f"received {type(model).__name__}. Wrap the Keras model first: "
-            "model = fedjax_keras.from_keras_model(keras_model, dummy_batch, loss=...). "
-            "(A TFF-style model_fn is not needed: call it and wrap its result once.)"
-        )
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
-
-def _check_engine_options(
-    shuffle, step_buckets, device_data_limit, client_state_placement, population_size
-) -> None:
-    """Rejects engine options at build time, naming the option and what it accepts."""
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be True or False; received {shuffle!r}.")
-    try:
-        _round_steps(np.array([1]), step_buckets)
-    except (ValueError, TypeError) as e:
-        raise ValueError(str(e)) from e
-    if device_data_limit is not None and not (
-        isinstance(device_data_limit, (int, np.integer)) and device_data_limit >= 0
-    ):
-        raise TypeError(
-            f"device_data_limit must be a number of bytes (int >= 0) or None; "
-            f"received {device_data_limit!r}."
-        )
-    if client_state_placement not in ("device", "host"):
-        raise ValueError(
-            f"client_state_placement must be 'device' or 'host'; received "
-            f"{client_state_placement!r}."
-        )
-    if population_size is not None and not _is_positive_int(population_size):
-        raise ValueError(f"population_size must be a positive int; received {population_size!r}.")
-
-
 def client_key_ids(client_ids) -> np.ndarray:
     """int32 [clients]: integer ids (crc32 of ``str(id)`` for non-integers) for key folding."""
     try:
@@ -167,6 +64,14 @@ def client_key_ids(client_ids) -> np.ndarray:
     except (TypeError, ValueError):
         pass
     return np.array([zlib.crc32(str(cid).encode()) % (2**31 - 1) for cid in client_ids], np.int32)
+
+
+def _last_occurrence(positions: np.ndarray) -> np.ndarray:
+    """bool [n]: True at the last occurrence of each value (sampling with replacement)."""
+    last = np.zeros(len(positions), bool)
+    _, from_end = np.unique(positions[::-1], return_index=True)
+    last[len(positions) - 1 - from_end] = True
+    return last
 
 
 def _to_host_metrics(metrics: dict) -> dict:
@@ -180,112 +85,146 @@ def _to_host_metrics(metrics: dict) -> dict:
     return result
 
 
+def _pad_leading(tree, size: int):
+    """Pads every leaf's leading axis with zeros to ``size`` rows."""
+
+    def pad(leaf):
+        extra = size - leaf.shape[0]
+        if extra <= 0:
+            return leaf
+        return np.concatenate([leaf, np.zeros((extra,) + leaf.shape[1:], leaf.dtype)])
+
+    return jax.tree.map(pad, tree)
+
+
+def _bucket(rows: int) -> int:
+    """Rows rounded up to 1, 2, 3, 4, 6, 8, 12, 16, ... (few distinct source shapes)."""
+    if rows <= 4:
+        return max(rows, 1)
+    power = 1 << (rows - 1).bit_length()
+    return 3 * power // 4 if rows <= 3 * power // 4 else power
+
+
+class _Caches:
+    """What a process remembers between rounds; none of it changes a number."""
+
+    def __init__(self):
+        self.bound: dict[str, Any] = {}
+        self.executor_name: str | None = None
+        self.timings: dict[str, float] = {}
+        self.source = None  # (key, device arrays, host arrays kept alive)
+        self.fitting_signatures: set = set()
+        self.checked_labels: set = set()
+        self.update_spec = None
+        self.state_template = None
+
+
 class FederatedProcess:
     """A federated training process: ``initialize(seed)`` and ``next(state, cohort)``.
 
     Built by the `build_*` functions of `fedjax_keras.algorithms`, which pass
-    these engine options through (all keyword-only):
+    the engine options (`EngineOptions`) through as keyword arguments.
 
-    - ``batch_size`` (20): examples per local step.
-    - ``epochs`` (1): local epochs per round.
-    - ``shuffle`` (True): shuffle each client's data every epoch, seeded by the
-      state (``initialize(seed)``) and the round number.
-    - ``chunk_size`` ('auto'): clients run together in one compiled call;
-      'auto' fixes it at the first round from the cohort size (a sixteenth of
-      the cohort, at least 16 and at most 512 on a CPU; at least 512 and at
-      most 4096 on accelerators; never more than the cohort); None runs the
-      whole cohort at once. Peak
-      memory grows with it, not with the cohort.
-    - ``step_buckets`` ('geometric'): how a chunk's step count is rounded up
-      ('geometric': 1, 2, 3, 4, 6, 8, 12, ...; 'pow2'; 'exact'; or a list).
-      Fewer distinct values mean fewer compilations.
-    - ``runner`` ('auto'): 'auto' uses 'vmap', except for convolutions on a
-      CPU, where it times 'sequential' and 'unroll' on the first chunk of the
-      first round and keeps the cheaper per client-step; 'timed' always times
-      the candidates ('vmap' and 'sequential' without convolutions on a CPU);
-      or force 'vmap', 'unroll' or 'sequential'. All give the same numbers
-      (see `fedjax_keras.client.ChunkRunner`); `runner_timings` holds what was
-      measured.
-    - ``group_size`` (2): clients per compiled step in the 'unroll' runner.
-    - ``data_placement`` ('auto'): 'device' keeps the population's arrays on
-      the device and moves only row indices per chunk; 'host' batches on the
-      host; 'auto' uses the device when the arrays are at most
-      ``device_data_limit`` bytes (256 MiB on a CPU, 4 GiB on accelerators).
-    - ``client_state_placement`` ('device'): where per-client state lives.
-    - ``population_size``: the population size some algorithms need (SCAFFOLD).
+    Args:
+      model: from `fedjax_keras.from_keras_model`.
+      algorithm: the `FederatedAlgorithm` to run.
+      **engine_options: see `EngineOptions` (``batch_size``, ``epochs``,
+        ``shuffle``, ``chunk_size``, ``step_buckets``, ``runner``,
+        ``group_size``, ``data_placement``, ``device_data_limit``,
+        ``population_size``, ``mesh``, ``max_nonfinite_rounds``).
+
+    Attributes:
+      model, algorithm, options: as given (never changed).
+      placement: the `fedjax_keras.parallel.Placement` (mesh) rounds run on.
     """
 
-    def __init__(
-        self,
-        model: Model,
-        spec: AlgorithmSpec,
-        *,
-        batch_size: int = 20,
-        epochs: int = 1,
-        shuffle: bool = True,
-        chunk_size: int | str | None = "auto",
-        step_buckets="geometric",
-        runner: str = "auto",
-        group_size: int = 2,
-        data_placement: str = "auto",
-        device_data_limit: int | None = None,
-        client_state_placement: str = "device",
-        population_size: int | None = None,
-    ):
+    def __init__(self, model: Model, algorithm: FederatedAlgorithm, **engine_options):
         require_model(model)
-        _check_engine_options(
-            shuffle, step_buckets, device_data_limit, client_state_placement, population_size
-        )
-        if runner not in RUNNERS:
-            raise ValueError(f"runner must be one of {RUNNERS}; received {runner!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int; received {epochs!r}.")
-        if (
-            chunk_size is not None
-            and chunk_size != "auto"
-            and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1)
-        ):
-            raise ValueError(
-                f"chunk_size must be a positive int, 'auto' or None; received {chunk_size!r}."
+        if not isinstance(algorithm, FederatedAlgorithm):
+            raise TypeError(
+                f"algorithm must be a FederatedAlgorithm; received {type(algorithm).__name__}."
             )
         self.model = model
-        self.spec = spec
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.shuffle = shuffle
-        self.chunk_size = chunk_size
-        self.step_buckets = step_buckets
-        self.runner = runner
-        self.client_state_placement = client_state_placement
-        self.population_size = population_size
-        if not _is_positive_int(group_size):
-            raise ValueError(f"group_size must be a positive int; received {group_size!r}.")
-        self.group_size = group_size
-        if data_placement not in ("auto", "device", "host"):
-            raise ValueError(
-                f"data_placement must be 'auto', 'device' or 'host'; received {data_placement!r}."
-            )
-        self.data_placement = data_placement
-        # On a CPU the "device" copy is a second copy in host memory: keep it small.
-        default_limit = 256 * 2**20 if jax.default_backend() == "cpu" else 4 * 2**30
-        self.device_data_limit = default_limit if device_data_limit is None else device_data_limit
-        self._source_cache = None
-        self._fitting_signatures: set = set()
-        self._runners: dict[str, ChunkRunner] = {}
-        self.runner_timings: dict[str, float] = {}
-        self.mode: str | None = None if runner in ("auto", "timed") else runner
-        self._server_step = jax.jit(self._server_step_impl)
-        self._zero_acc = None
+        self.algorithm = algorithm
+        self.options = EngineOptions(**engine_options)
+        self.placement = Placement(self.options.mesh)
+        self._chunk_program = make_chunk_program(algorithm, model)
+        self._caches = _Caches()
+        self._start = self.placement.jit(self._start_impl, static_argnums=(2,))
+        self._finish = self.placement.jit(self._finish_impl)
+
+    # ------------------------------------------------------------- read-only views
+    def __getattr__(self, name):
+        # batch_size, epochs, chunk_size, ... read as attributes, as before 0.2.
+        options = self.__dict__.get("options")
+        if options is not None and name in EngineOptions.__dataclass_fields__:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def mesh(self):
+        """The `jax.sharding.Mesh` the clients are sharded over."""
+        return self.placement.mesh
+
+    @property
+    def mode(self) -> str | None:
+        """The executor's name ('vmap', 'sequential', 'unroll'), None until decided."""
+        fixed = self._fixed_executor()
+        return fixed.name if fixed is not None else self._caches.executor_name
+
+    @property
+    def runner_timings(self) -> dict[str, float]:
+        """Seconds per client-step of each measured executor (empty unless measured)."""
+        return dict(self._caches.timings)
+
+    @property
+    def name(self) -> str:
+        return self.algorithm.name
 
     # ------------------------------------------------------------------ state
+    def _client_state_default(self, weights: ModelWeights):
+        """One client's initial row of the table, or None when nothing is kept per client."""
+        algorithm_row = None
+        if self.algorithm.client_state_init is not None:
+            algorithm_row = self.algorithm.client_state_init(weights)
+        aggregator_row = self.algorithm.aggregator.client_init(self._update_spec())
+        if algorithm_row is None and not jax.tree.leaves(aggregator_row):
+            return None
+        return {
+            "algorithm": () if algorithm_row is None else algorithm_row,
+            "aggregator": aggregator_row,
+        }
+
+    def _update_spec(self):
+        """Shapes of one client's update (what the aggregator sees), traced once."""
+        if self._caches.update_spec is None:
+            one = jax.tree.map(
+                lambda s: jax.ShapeDtypeStruct((1, 1) + tuple(s.shape[1:]), s.dtype),
+                self.model.input_spec,
+            )
+            weights = self.model.initial_weights
+            data = ClientBatchArrays(one["x"], one["y"], jax.ShapeDtypeStruct((1, 1), bool))
+            default = self.algorithm.client_state_init
+            row = () if default is None else default(weights)
+            state = ServerState(weights, *self.algorithm.server_init(weights))
+            spec = jax.eval_shape(
+                lambda d, r: (
+                    self.algorithm.client_program.run(
+                        self.algorithm.broadcast(state), d, jax.random.PRNGKey(0), r
+                    ).update
+                ),
+                data,
+                row,
+            )
+            self._caches.update_spec = spec
+        return self._caches.update_spec
+
     def initialize(self, seed: int = 0) -> ServerState:
         """The initial server state: the model's initial weights, fresh optimizer state.
 
         Args:
-          seed: determines every random choice of the run (shuffling, Dropout);
-            an integer in [0, 2**32).
+          seed: determines every random choice of the run (shuffling, Dropout,
+            the server's and aggregator's randomness); an integer in [0, 2**32).
 
         Raises:
           ValueError: for a seed out of that range (the round's shuffle seed
@@ -297,18 +236,21 @@ class FederatedProcess:
             or not 0 <= seed < 2**32
         ):
             raise ValueError(f"seed must be an integer in [0, 2**32); received {seed!r}.")
-        weights = self.model.initial_weights
-        default = self.spec.client_state_default
-        store = None
+        weights = jax.tree.map(jnp.asarray, self.model.initial_weights)
+        optimizer_state, algorithm_state = self.algorithm.server_init(weights)
+        default = self._client_state_default(weights)
+        table = None
         if default is not None:
-            store = ClientStateStore(default(weights), self.client_state_placement)
+            table = ClientTable.create(default, self.options.population_size or 0)
         return ServerState(
             model=weights,
-            optimizer_state=self.spec.init_optimizer_state(weights.trainable),
+            optimizer_state=optimizer_state,
+            algorithm_state=algorithm_state,
+            aggregator_state=self.algorithm.aggregator.init(self._update_spec()),
+            client_states=table,
             round_num=np.int64(0),
             seed=np.int64(seed),
-            extra=self.spec.init_extra(weights),
-            client_states=store,
+            nonfinite_rounds=np.int64(0),
         )
 
     def get_model_weights(self, state: ServerState) -> ModelWeights:
@@ -333,19 +275,44 @@ class FederatedProcess:
                 f"shapes {expected}, received {received}."
             )
         weights = jax.tree.map(jnp.asarray, weights)
-        store = state.client_states
-        if store is not None:
-            store = store.with_default(self.spec.client_state_default(weights))
-        return state.replace(model=weights, client_states=store)
+        table = state.client_states
+        if table is not None:
+            table = table.with_default(self._client_state_default(weights))
+        return state.replace(model=weights, client_states=table)
 
-    # ------------------------------------------------------------------ round
-    def _runner_for(self, mode: str) -> ChunkRunner:
-        if mode not in self._runners:
-            self._runners[mode] = ChunkRunner(
-                self.spec.program, self.model.merge_metrics, mode, self.group_size
+    def _state_template(self):
+        """(treedef, leaf shapes) of this process's states, client table rows aside."""
+        if self._caches.state_template is None:
+            template = jax.eval_shape(lambda: self.initialize(0))
+            template = template.replace(client_states=_table_without_rows(template.client_states))
+            leaves, treedef = jax.tree.flatten(template)
+            self._caches.state_template = (template, treedef, [np.shape(a) for a in leaves])
+        return self._caches.state_template
+
+    def _check_state(self, state) -> None:
+        """Raises a `StateMismatchError` naming what differs when ``state`` is not ours."""
+        if not isinstance(state, ServerState):
+            raise StateMismatchError(
+                f"{self.name}.next expects the ServerState of its own initialize/next; "
+                f"received {type(state).__name__}."
             )
-        return self._runners[mode]
+        template, treedef, shapes = self._state_template()
+        mine = state.replace(client_states=_table_without_rows(state.client_states))
+        leaves, received = jax.tree.flatten(mine)
+        if received == treedef and [np.shape(a) for a in leaves] == shapes:
+            return
+        for part in ("model", "optimizer_state", "algorithm_state", "aggregator_state"):
+            _compare_trees(part, getattr(template, part), getattr(state, part), self.name)
+        table, expected = state.client_states, template.client_states
+        if (table is None) != (expected is None):
+            raise StateMismatchError(
+                f"The state {'has' if table is not None else 'lacks'} a client table but "
+                f"{self.name} {'keeps no' if expected is None else 'keeps a'} per-client state: "
+                "it was built by another process (algorithm). Use this process's initialize()."
+            )
+        _compare_trees("client_states", expected, mine.client_states, self.name)
 
+    # ------------------------------------------------------------------ cohort
     def _check_cohort_fits(self, cohort: FederatedData) -> None:
         """Raises one clear ValueError when the cohort's examples do not fit the model.
 
@@ -356,7 +323,7 @@ class FederatedProcess:
         source, _ = cohort.source_rows
         leaves, treedef = jax.tree.flatten(source)
         signature = (treedef, tuple((np.shape(a)[1:], np.asarray(a).dtype) for a in leaves))
-        if signature in self._fitting_signatures:
+        if signature in self._caches.fitting_signatures:
             return
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + np.shape(a)[1:], a.dtype), source)
         try:
@@ -372,184 +339,288 @@ class FederatedProcess:
                 f"The cohort's examples (per-example shape, dtype: {shapes}) do not fit the model "
                 f"(wrapped with {expected}): {type(e).__name__}: {e}"
             ) from e
-        self._fitting_signatures.add(signature)
+        self._caches.fitting_signatures.add(signature)
 
-    def _resolve_chunk_size(self, cohort_size: int) -> int | None:
-        if self.chunk_size == "auto":
-            # Clients are sorted by step count before chunking, so a chunk wastes
-            # little on padding; a sixteenth of the cohort keeps the per-call cost
-            # amortised for large cohorts. On a CPU larger vmapped chunks gain
-            # nothing; accelerators want many clients per call to fill the device.
-            low, high = (16, 512) if jax.default_backend() == "cpu" else (512, 4096)
-            # Never more than the cohort: padding clients cost as much as real ones in a vmap.
-            self.chunk_size = int(min(max(cohort_size // 16, low), high, max(cohort_size, 1)))
-        return self.chunk_size
+    def _check_labels(self, cohort: FederatedData) -> None:
+        """Integer labels out of the model's classes are an error, checked once per source."""
+        source, _ = cohort.source_rows
+        key = tuple(id(leaf) for leaf in jax.tree.leaves(source["y"]))
+        if key in self._caches.checked_labels:
+            return
+        self.model.check_labels(cohort)
+        if len(self._caches.checked_labels) > 64:
+            self._caches.checked_labels.clear()
+        self._caches.checked_labels.add(key)
+
+    def _table_for(self, state: ServerState, cohort: FederatedData):
+        """The state's client table, sized to the cohort's population if still unsized."""
+        table = state.client_states
+        if table is None:
+            return None
+        population = cohort.population_size
+        if table.population_size == 0:
+            return ClientTable.create(table.default, population)
+        if population != table.population_size:
+            raise ValueError(
+                f"The cohort comes from a population of {population} clients, but the state's "
+                f"client table has {table.population_size} rows (population_size). Sample "
+                "every cohort from the same population, or build the process with "
+                f"population_size={population}."
+            )
+        return table
 
     def _device_source(self, source: dict):
-        """The cohort's source arrays on the device, or None to batch on the host.
+        """The cohort's source arrays on the devices, or None to batch on the host.
 
-        Keeping the population on the device (transferred once, then reused for
-        every cohort sampled from it) means a round moves only row indices;
-        sources larger than `device_data_limit` bytes are batched on the host.
+        A population reused round after round is transferred once and kept; a
+        fresh source (a list cohort) is padded to a bucket of rows, so the
+        programs that gather from it see a few shapes, not one per round.
+        Sources larger than ``device_data_limit`` bytes are batched on the host.
         """
         leaves = jax.tree.leaves(source)
         key = tuple((id(leaf), leaf.shape) for leaf in leaves)
-        if self._source_cache is not None and self._source_cache[0] == key:
-            return self._source_cache[1]
+        cached = self._caches.source
+        if cached is not None and cached[0] == key:
+            return cached[1]
         size = sum(leaf.nbytes for leaf in leaves)
-        if self.data_placement == "host" or (
-            self.data_placement == "auto" and size > self.device_data_limit
-        ):
+        placement = self.options.data_placement
+        if placement == "host" or (placement == "auto" and size > self.options.data_limit_bytes):
             return None
-        on_device = jax.device_put(source)
+        rows = leaves[0].shape[0] if leaves else 0
+        padded = _pad_leading(source, _bucket(rows))
+        on_device = self.placement.replicated(jax.device_put(padded))
         # Keep the host arrays referenced too, so `id` stays unique while cached.
-        self._source_cache = (key, on_device, source)
+        self._caches.source = (key, on_device, source)
         return on_device
 
-    def _accumulator(self, broadcast, chunk: Chunk, source) -> Accumulator:
-        if self._zero_acc is None:
-            data = _chunk_data(chunk, source)
-            one = jax.tree.map(lambda a: a[0], (data, chunk.client_state))
-            example = jax.eval_shape(
-                self.spec.program.run, broadcast, one[0], jax.random.PRNGKey(0), one[1]
-            )
-            self._zero_acc = init_accumulator(
-                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-            )
-        return self._zero_acc
+    # -------------------------------------------------------------- executors
+    def _fixed_executor(self):
+        executors, measure = self.options.executor_candidates(self.model.has_convolutions)
+        return executors[0] if len(executors) == 1 and not measure else None
+
+    def _bound(self, executor):
+        name = executor.name
+        if name not in self._caches.bound:
+            self._caches.bound[name] = executor.bind(self._chunk_program, self.placement)
+        return self._caches.bound[name]
+
+    def _executor_for(self, carry, inputs, chunk, host):
+        """The bound executor: fixed by the options, or measured once on the first chunk."""
+        fixed = self._fixed_executor()
+        if fixed is not None:
+            return self._bound(fixed)
+        if self._caches.executor_name is None:
+            executors, _ = self.options.executor_candidates(self.model.has_convolutions)
+            bound = {e.name: self._bound(e) for e in executors}
+            name, timings = choose_fastest(bound, carry, inputs, chunk, host)
+            self._caches.executor_name = agree_across_processes(name, list(bound))
+            self._caches.timings = timings
+        return self._caches.bound[self._caches.executor_name]
+
+    # ------------------------------------------------------------------ round
+    def _start_impl(self, agg_state, table, capacity):
+        spec = self._update_spec()
+        return start_carry(self.algorithm, self.model, spec, agg_state, table, capacity)
+
+    def _finish_impl(self, state, carry, seed_and_round):
+        return finish_round(self.algorithm, self.model, state, carry, round_key(seed_and_round))
+
+    def _chunk(self, plan, index, source, cohort_info, stateful):
+        key_ids, table_rows, last = cohort_info
+        if source is None:
+            batches = plan.chunk(index)
+            data, rows = ClientBatchArrays(batches.x, batches.y, batches.mask), None
+        else:
+            batches = plan.chunk_rows(index)
+            data, rows = ClientBatchArrays(None, None, batches.mask), batches.rows
+        positions = np.asarray(batches.client_positions)
+        valid = positions >= 0
+        at = np.maximum(positions, 0)
+        slots = index * plan.chunk_size + np.arange(len(positions))
+        info = ChunkInfo(
+            positions=positions.astype(np.int32),
+            key_ids=np.where(valid, key_ids[at], 0).astype(np.int32),
+            valid=valid,
+            table_rows=np.where(valid, table_rows[at], 0).astype(np.int32)
+            if stateful
+            else np.zeros(len(positions), np.int32),
+            write=valid & last[at] if stateful else np.zeros(len(positions), bool),
+            slots=np.where(valid, slots, _NO_SLOT).astype(np.int32),
+        )
+        host = HostChunk(valid, np.asarray(batches.num_steps))
+        return Chunk(data, rows, info), host
 
     def next(self, state: ServerState, cohort) -> RoundOutput:
         """Runs one round on ``cohort`` and returns the new state and the round's metrics.
 
         Args:
-          state: from `initialize` or a previous `next`.
+          state: from `initialize` or a previous `next` of this process.
           cohort: the round's clients: a `FederatedData` (e.g.
             ``data.sample_clients(20, seed=r)``) or a list of per-client
             ``{'x': ..., 'y': ...}`` dicts or ``(x, y)`` tuples.
 
         Returns:
           `RoundOutput` with metrics ``loss`` (example-weighted mean training
-          loss), the model's metrics, ``num_examples``, ``num_clients`` (clients
-          aggregated), ``num_dropped_clients`` (non-finite updates, left out),
+          loss), the model's metrics (both NaN, with a warning, when no
+          example counted), the aggregator's and server's metrics,
+          ``num_examples``, ``num_clients`` (clients aggregated),
+          ``num_empty_clients`` (without examples), ``num_dropped_clients``
+          (non-finite results, left out), ``server_update_nonfinite`` (1 when
+          the server update was not finite and not applied),
           ``padding_fraction`` and ``runner``.
+
+        Raises:
+          StateMismatchError: ``state`` was built by another process.
+          NonFiniteServerUpdateError: the server update was not finite in
+            ``max_nonfinite_rounds`` consecutive rounds.
+          ValueError / TypeError: a cohort that does not fit the model or the state.
         """
-        if state.client_states is not None and not isinstance(cohort, FederatedData):
+        self._check_state(state)
+        from_list = not isinstance(cohort, FederatedData)
+        cohort = as_cohort(cohort)
+        if from_list and state.client_states is not None:
             raise TypeError(
-                f"{self.spec.name} keeps state per client, so a cohort must carry stable client "
+                f"{self.name} keeps state per client, so a cohort must carry stable client "
                 "ids: pass a FederatedData sampled from the population (e.g. "
                 "data.sample_clients(...)), not a list of client datasets."
             )
-        cohort = as_cohort(cohort)
-        if cohort.num_clients:
-            self._check_cohort_fits(cohort)
-        round_num = int(state.round_num)
-        seed = int(state.seed)
+        if cohort.num_clients == 0:
+            raise ValueError("The cohort has no clients; sample at least one client per round.")
+        self._check_cohort_fits(cohort)
+        self._check_labels(cohort)
+        table = self._table_for(state, cohort)
+        round_num, seed = int(state.round_num), int(state.seed)
+        num_devices = self.placement.num_devices
         plan = plan_cohort(
             cohort,
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            shuffle=self.shuffle,
+            batch_size=self.options.batch_size,
+            epochs=self.options.epochs,
+            shuffle=self.options.shuffle,
             seed=seed * 2**32 + round_num,
-            chunk_size=self._resolve_chunk_size(cohort.num_clients),
-            step_buckets=self.step_buckets,
+            chunk_size=self.options.chunk_size_for(cohort.num_clients, num_devices),
+            step_buckets=self.options.step_buckets,
         )
         seed_and_round = np.array([seed % 2**32, round_num % 2**32], np.uint32)
-        broadcast = Broadcast(state.model, state.extra)
+        state = self.placement.replicated(state.replace(client_states=table))
+        source = self._device_source(plan.source)
+        inputs = self.placement.replicated(
+            RoundInputs(self.algorithm.broadcast(state), seed_and_round, None, None)
+        )._replace(source=source, aggregator_state=state.aggregator_state)
+        stateful = table is not None
         # Population ids are plain (vectorised) even when repeats are renamed; the
         # cohort position folded into each key keeps repeated draws distinct.
-        key_ids = client_key_ids(cohort.population_ids)
-        # Per-client state is keyed by population id: a client drawn twice in a
-        # round (sampling with replacement) reads its own row twice, last write wins.
-        ids = cohort.population_ids
-        store = state.client_states
-        source = self._device_source(plan.source)
-        acc = None
-        updated_ids, updated_rows = [], []
+        positions = cohort.population_positions
+        cohort_info = (
+            client_key_ids(cohort.population_ids),
+            positions,
+            _last_occurrence(positions) if stateful else None,
+        )
+        capacity = plan.num_chunks * plan.chunk_size if self.algorithm.aggregator.stacked else 0
+        carry = self._start(state.aggregator_state, state.client_states, capacity)
+        carry = self.placement.replicated(carry)
+        bound = None
         for index in range(plan.num_chunks):
-            if source is None:
-                batches = plan.chunk(index)
-                data, rows = ClientBatchArrays(batches.x, batches.y, batches.mask), None
-            else:
-                batches = plan.chunk_rows(index)
-                data, rows = ClientBatchArrays(None, None, batches.mask), batches.rows
-            positions = np.asarray(batches.client_positions)
-            valid = positions >= 0
-            client_state = ()
-            if store is not None:
-                chunk_ids = [ids[p] for p in positions[valid]]
-                client_state = _pad_rows(store.gather(chunk_ids), valid)
-            chunk = Chunk(
-                data,
-                rows,
-                positions.astype(np.int32),
-                np.where(valid, key_ids[np.maximum(positions, 0)], 0).astype(np.int32),
-                valid,
-                client_state,
-            )
-            if acc is None:
-                acc = self._accumulator(broadcast, chunk, source)
-            args = (
-                acc,
-                broadcast,
-                chunk,
-                source,
-                seed_and_round,
-                valid,
-                np.asarray(batches.num_steps),
-            )
-            if self.mode is None:
-                self.mode, self.runner_timings = self._choose_mode(args)
-            acc, new_states = self._runner_for(self.mode)(*args)
-            if store is not None:
-                # A client sits in one chunk per round, so the rows are written back
-                # once, after the last chunk: one copy of the table per round.
-                updated_ids.extend(chunk_ids)
-                updated_rows.append(jax.tree.map(lambda a, v=valid: a[v], new_states))
-        if acc is None:
-            raise ValueError("The cohort has no clients; sample at least one client per round.")
-        if store is not None and updated_ids:
-            rows = jax.tree.map(lambda *parts: jnp.concatenate(parts), *updated_rows)
-            store = store.scatter(updated_ids, rows)
-        population = self.population_size or (len(store) if store is not None else 0)
-        model, opt_state, extra, metrics = self._server_step(
-            state.model, state.optimizer_state, state.extra, acc, jnp.float32(max(population, 1))
-        )
-        new_state = ServerState(
-            model=model,
-            optimizer_state=opt_state,
-            round_num=np.int64(round_num + 1),
-            seed=state.seed,
-            extra=extra,
-            client_states=store,
-        )
+            chunk, host = self._chunk(plan, index, source, cohort_info, stateful)
+            if bound is None:
+                bound = self._executor_for(carry, inputs, chunk, host)
+            carry = bound(carry, inputs, chunk, host)
+        new_state, metrics, flags = self._finish(state, carry, seed_and_round)
         host_metrics = _to_host_metrics(metrics)
+        nonfinite = bool(host_metrics["server_update_nonfinite"])
+        streak = int(state.nonfinite_rounds) + 1 if nonfinite else 0
+        new_state = new_state.replace(
+            round_num=np.int64(round_num + 1),
+            seed=np.int64(seed),
+            nonfinite_rounds=np.int64(streak),
+        )
+        if nonfinite and streak >= self.options.max_nonfinite_rounds:
+            raise NonFiniteServerUpdateError(
+                _nonfinite_message(self.name, round_num, state, np.asarray(flags), streak)
+            )
         host_metrics["padding_fraction"] = float(plan.padding_fraction)
-        host_metrics["runner"] = self.mode
+        host_metrics["runner"] = bound.name
+        _warn_if_empty(host_metrics, round_num)
         return RoundOutput(new_state, host_metrics)
 
-    def _choose_mode(self, args) -> tuple[str, dict]:
-        conv_on_cpu = self.model.has_convolutions and jax.default_backend() == "cpu"
-        if self.runner == "auto" and not conv_on_cpu:
-            return "vmap", {}
-        # A vmapped scan of convolutions on XLA:CPU is tens of times slower (see
-        # client/_runners.py), too slow even to probe; time the host-driven modes.
-        modes = ("sequential", "unroll") if conv_on_cpu else ("vmap", "sequential")
-        return choose_mode({mode: self._runner_for(mode) for mode in modes}, args)
 
-    def _server_step_impl(self, model, optimizer_state, extra, acc: Accumulator, population):
-        new_model, new_opt_state, new_extra = self.spec.server_fn(
-            model, optimizer_state, extra, acc, population
+def _table_without_rows(table):
+    """The table's default row alone: its row count varies with the population."""
+    return None if table is None else table.default
+
+
+def _compare_trees(part: str, expected, received, name: str) -> None:
+    expected_paths = {
+        jax.tree_util.keystr(p): (tuple(np.shape(v)), np.dtype(v.dtype))
+        for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]
+    }
+    try:
+        received_paths = {
+            jax.tree_util.keystr(p): (tuple(np.shape(v)), np.dtype(getattr(v, "dtype", None)))
+            for p, v in jax.tree_util.tree_flatten_with_path(received)[0]
+        }
+    except TypeError as e:
+        raise StateMismatchError(
+            f"state.{part} is not a pytree of arrays ({e}); was the state built by {name}?"
+        ) from None
+    if jax.tree.structure(expected) == jax.tree.structure(received) and all(
+        received_paths.get(path, (None, None))[0] == shape
+        for path, (shape, _) in expected_paths.items()
+    ):
+        return
+    missing = sorted(set(expected_paths) - set(received_paths))
+    unexpected = sorted(set(received_paths) - set(expected_paths))
+    reshaped = [
+        f"{path} {received_paths[path][0]} (expected {shape})"
+        for path, (shape, _) in expected_paths.items()
+        if path in received_paths and received_paths[path][0] != shape
+    ]
+    details = (
+        "; ".join(
+            text
+            for text in (
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {unexpected[:5]}" if unexpected else "",
+                f"different shapes: {', '.join(reshaped[:5])}" if reshaped else "",
+            )
+            if text
         )
-        metrics = dict(self.model.finalize_metrics(acc.metrics))
-        metrics["loss"] = acc.loss_sum / jnp.maximum(acc.num_examples, 1).astype(jnp.float32)
-        metrics["num_examples"] = acc.num_examples
-        metrics["num_clients"] = acc.num_clients
-        metrics["num_dropped_clients"] = acc.num_dropped
-        return new_model, new_opt_state, new_extra, metrics
+        or "a different tree structure"
+    )
+    raise StateMismatchError(
+        f"state.{part} does not fit {name} ({details}): the state was built by another process "
+        "(model, algorithm or optimizer). Use this process's initialize() or restore a "
+        "checkpoint it wrote."
+    )
 
 
-def _pad_rows(rows, valid: np.ndarray):
-    """Spreads rows [kept, ...] to [clients, ...], repeating row 0 for padding clients."""
-    index = np.cumsum(valid) - 1
-    index = np.where(valid, index, 0)
-    return jax.tree.map(lambda a: a[index] if len(a) else a, rows)
+def _nonfinite_message(name, round_num, state, flags, streak) -> str:
+    paths = [
+        f"{part}{jax.tree_util.keystr(path)}"
+        for part in ("model", "optimizer_state", "algorithm_state")
+        for path, _ in jax.tree_util.tree_flatten_with_path(getattr(state, part))[0]
+    ]
+    bad = [path for path, ok in zip(paths, flags) if not ok]
+    return (
+        f"{name}: the server update of round {round_num} was not finite in {', '.join(bad[:5])}"
+        f"{' and more' if len(bad) > 5 else ''} ({streak} consecutive round(s)); it was not "
+        "applied. Lower the server learning rate or check the server optimizer; pass "
+        "max_nonfinite_rounds=N to tolerate N-1 such rounds in a row."
+    )
+
+
+def _warn_if_empty(metrics: dict, round_num: int) -> None:
+    if metrics["num_examples"] > 0:
+        return
+    dropped, empty = metrics["num_dropped_clients"], metrics["num_empty_clients"]
+    if dropped:
+        why = f"all {dropped} client(s) with examples had non-finite results and were dropped"
+    elif empty:
+        why = f"the cohort's {empty} client(s) hold no examples"
+    else:
+        why = "no client counted"
+    warnings.warn(
+        f"Round {round_num}: {why}; the loss and the model's metrics are NaN and the model "
+        "was not updated.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

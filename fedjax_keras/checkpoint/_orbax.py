@@ -1,14 +1,13 @@
-"""Save and restore a `ServerState`, client-state store included, with orbax.
+"""Save and restore a `ServerState` with orbax.
 
 A checkpoint is one orbax step directory ``<directory>/<round_num>/`` with two
 items:
 
 - ``arrays``: a flat ``{"000000": leaf, ...}`` dict of every array of the
-  state: the leaves of the `ServerState` pytree (server model, optimizer state,
-  round counter, seed, algorithm state) in `jax.tree.flatten` order, then the
-  rows of the `ClientStateStore` table (``client_states`` is not a pytree leaf).
-- ``meta``: JSON with the round, the leaf count and the store's client ids
-  (ints, strings and tuples of them, type-tagged so they come back as they went in).
+  state: the leaves of the `ServerState` pytree (server model, optimizer
+  state, algorithm and aggregator state, the client table, round counter,
+  seed) in `jax.tree.flatten` order;
+- ``meta``: JSON with the round and the leaf count.
 
 Flat leaves, not the state's own tree, are saved because orbax's tree
 serialisation has no node for empty optax states or ``()`` and would rebuild
@@ -27,8 +26,6 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-from fedjax_keras.client import ClientStateStore
 
 
 class CheckpointMismatchError(ValueError):
@@ -55,32 +52,6 @@ def _key(index: int) -> str:
     return f"{index:06d}"
 
 
-def _encode_id(client_id):
-    if isinstance(client_id, (bool, np.bool_)):
-        raise TypeError(
-            f"Client id {client_id!r} is a bool; checkpoints keep int, str or tuple ids."
-        )
-    if isinstance(client_id, (int, np.integer)):
-        return ["int", int(client_id)]
-    if isinstance(client_id, str):
-        return ["str", client_id]
-    if isinstance(client_id, tuple):
-        return ["tuple", [_encode_id(part) for part in client_id]]
-    raise TypeError(
-        f"Client id {client_id!r} of type {type(client_id).__name__} cannot be checkpointed; "
-        "use int, str or tuple ids."
-    )
-
-
-def _decode_id(encoded):
-    kind, value = encoded
-    if kind == "int":
-        return int(value)
-    if kind == "str":
-        return str(value)
-    return tuple(_decode_id(part) for part in value)
-
-
 def save_state(directory, state, round_num: int, *, max_to_keep: int | None = None) -> str:
     """Writes ``state`` as the checkpoint of ``round_num`` under ``directory``.
 
@@ -93,21 +64,12 @@ def save_state(directory, state, round_num: int, *, max_to_keep: int | None = No
     Returns:
       The checkpoint's directory.
 
-    Raises:
-      TypeError: a client id is not an int, str or tuple of them.
     """
     leaves = jax.tree.leaves(state)
     arrays = {
         _key(i): np.asarray(leaf) if np.isscalar(leaf) else leaf for i, leaf in enumerate(leaves)
     }
-    store = state.client_states
-    meta = {"round": int(round_num), "num_leaves": len(leaves), "client_ids": None}
-    if store is not None:
-        ids = store.client_ids
-        meta["client_ids"] = [_encode_id(cid) for cid in ids]
-        table = jax.tree.leaves(store._table)
-        for j, leaf in enumerate(table):
-            arrays[_key(len(leaves) + j)] = leaf[: len(ids)]
+    meta = {"round": int(round_num), "num_leaves": len(leaves)}
     manager = _manager(directory, max_to_keep)
     manager.save(
         int(round_num),
@@ -135,8 +97,9 @@ def restore_state(directory, template_state, round_num: int | None = None):
     Args:
       directory: the folder given to `save_state`.
       template_state: a `ServerState` of the same process, e.g.
-        ``process.initialize(seed)``: it fixes the tree, the array types and,
-        for the client-state store, the default row and placement.
+        ``process.initialize(seed)``: it fixes the tree and every array's
+        shape and type (a process with a client table needs
+        ``population_size`` to size it).
       round_num: which checkpoint; None takes the newest.
 
     Returns:
@@ -161,27 +124,16 @@ def restore_state(directory, template_state, round_num: int | None = None):
         "meta"
     ]
     leaves, treedef = jax.tree.flatten(template_state)
-    template_store = template_state.client_states
-    if meta["num_leaves"] != len(leaves) or (meta["client_ids"] is None) != (
-        template_store is None
-    ):
+    if meta["num_leaves"] != len(leaves):
         manager.close()
         raise CheckpointMismatchError(
             f"The checkpoint of round {round_num} in {os.fspath(directory)!r} holds "
-            f"{meta['num_leaves']} state arrays (client states: {meta['client_ids'] is not None}); "
-            f"the template has {len(leaves)} (client states: {template_store is not None}). "
+            f"{meta['num_leaves']} state arrays; the template has {len(leaves)}. "
             "Restore it with the model, algorithm and optimizer that wrote it."
         )
     targets = {
         _key(i): np.asarray(leaf) if np.isscalar(leaf) else leaf for i, leaf in enumerate(leaves)
     }
-    ids = None
-    if template_store is not None:
-        ids = [_decode_id(encoded) for encoded in meta["client_ids"]]
-        default_leaves, default_def = jax.tree.flatten(template_store.default)
-        xp = jax.numpy if template_store.placement == "device" else np
-        for j, leaf in enumerate(default_leaves):
-            targets[_key(len(leaves) + j)] = xp.zeros((len(ids),) + leaf.shape, leaf.dtype)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, targets)
     try:
         arrays = manager.restore(
@@ -190,7 +142,8 @@ def restore_state(directory, template_state, round_num: int | None = None):
     except (ValueError, KeyError) as error:
         raise CheckpointMismatchError(
             f"The checkpoint of round {round_num} in {os.fspath(directory)!r} does not fit the "
-            f"template state: {error}"
+            f"template state (restore it with the model, algorithm, optimizer and "
+            f"population_size that wrote it): {error}"
         ) from None
     finally:
         manager.close()
@@ -199,19 +152,7 @@ def restore_state(directory, template_state, round_num: int | None = None):
         value = arrays[_key(i)]
         _check_leaf(value, leaf, i, round_num)
         restored.append(type(leaf)(value) if isinstance(leaf, np.generic) else value)
-    state = jax.tree.unflatten(treedef, restored)
-    if template_store is not None:
-        table_leaves = [arrays[_key(len(leaves) + j)] for j in range(len(default_leaves))]
-        if template_store.placement == "host":
-            table_leaves = [np.asarray(leaf) for leaf in table_leaves]
-        store = ClientStateStore(
-            template_store.default,
-            template_store.placement,
-            _rows={cid: row for row, cid in enumerate(ids)},
-            _table=jax.tree.unflatten(default_def, table_leaves),
-        )
-        state = state.replace(client_states=store)
-    return state
+    return jax.tree.unflatten(treedef, restored)
 
 
 def _check_leaf(value, template_leaf, index, round_num) -> None:
@@ -224,5 +165,5 @@ def _check_leaf(value, template_leaf, index, round_num) -> None:
         raise CheckpointMismatchError(
             f"State array {index} of the round-{round_num} checkpoint has shape and dtype "
             f"{received}; the template expects {expected}. Restore it with the model, "
-            "algorithm and optimizer that wrote it."
+            "algorithm and optimizer that wrote it (and the same population_size)."
         )

@@ -13,18 +13,10 @@ import typing
 import tomllib
 import yaml
 
+from fedjax_keras.algorithms import algorithm_names
 from fedjax_keras.cli._errors import UsageError
 
-ALGORITHMS = (
-    "fedavg",
-    "fedavg_unweighted",
-    "fedprox",
-    "fedsgd",
-    "scaffold",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-)
+ALGORITHMS = algorithm_names()
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
 
 

@@ -3,7 +3,6 @@
 import jax
 import keras
 import numpy as np
-import optax
 
 from fedjax_keras import algorithms
 from fedjax_keras.cli._errors import UsageError
@@ -55,7 +54,7 @@ def build_model(config, task: Task) -> Model:
 
 
 def build_process(config, model: Model, task: Task):
-    """The training process of ``config.algorithm`` with its hyper-parameters."""
+    """The training process of ``config.algorithm`` (from the algorithm registry)."""
     chunk = {"auto": "auto", "none": None}.get(config.chunk_size)
     engine = {
         "batch_size": config.batch_size,
@@ -63,42 +62,20 @@ def build_process(config, model: Model, task: Task):
         "chunk_size": chunk if config.chunk_size in ("auto", "none") else int(config.chunk_size),
         "runner": config.runner,
     }
-    client = optax.sgd(config.client_lr)
-    name, server_lr = config.algorithm, config.server_lr
-    if name == "fedavg":
-        return algorithms.build_weighted_fed_avg(
-            model, client, optax.sgd(server_lr or 1.0), **engine
+    entry = algorithms.get_algorithm(config.algorithm)
+    if entry.epochs_must_be_one and config.epochs != 1:
+        raise UsageError(
+            f"--epochs: {entry.name} computes one gradient per client; "
+            f"expected 1, received {config.epochs}."
         )
-    if name == "fedavg_unweighted":
-        return algorithms.build_unweighted_fed_avg(
-            model, client, optax.sgd(server_lr or 1.0), **engine
-        )
-    if name == "fedprox":
-        return algorithms.build_fed_prox(
-            model, client, optax.sgd(server_lr or 1.0), mu=config.mu, **engine
-        )
-    if name == "fedsgd":
-        if config.epochs != 1:
-            raise UsageError(
-                "--epochs: fedsgd computes one gradient per client; "
-                f"expected 1, received {config.epochs}."
-            )
-        return algorithms.build_fed_sgd(model, optax.sgd(server_lr or 0.1), **engine)
-    if name == "scaffold":
-        return algorithms.build_scaffold(
-            model,
-            config.client_lr,
-            optax.sgd(server_lr or 1.0),
-            population_size=task.train.num_clients,
-            **engine,
-        )
-    # Adaptive server optimizers with Reddi et al.'s (arXiv:2003.00295) tau = 1e-3.
-    server = {
-        "fedadam": lambda: optax.adam(server_lr or 0.01, b1=0.9, b2=0.99, eps=1e-3),
-        "fedyogi": lambda: optax.yogi(server_lr or 0.01, b1=0.9, b2=0.99, eps=1e-3),
-        "fedadagrad": lambda: optax.adagrad(server_lr or 0.1, eps=1e-3),
-    }[name]()
-    return algorithms.build_weighted_fed_avg(model, client, server, **engine)
+    options = {name: getattr(config, name, default) for name, default in entry.options.items()}
+    settings = algorithms.AlgorithmSettings(
+        client_lr=config.client_lr,
+        server_lr=config.server_lr,
+        population_size=task.train.num_clients,
+        options=options,
+    )
+    return entry.make(model, settings, **engine)
 
 
 def eval_population(task: Task):

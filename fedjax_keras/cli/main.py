@@ -32,8 +32,7 @@ HELP = {
     "test_fraction": "fraction of each client's examples held out for evaluation",
     "model": "emnist_cnn, small_cnn, char_lstm, logreg, mlp, or package.module:function "
     "(default: small_cnn for images, char_lstm for text, logreg otherwise)",
-    "algorithm": "fedavg, fedavg_unweighted, fedprox, fedsgd, scaffold, fedadam, fedyogi, "
-    "fedadagrad",
+    "algorithm": ", ".join(config_lib.ALGORITHMS),
     "client_lr": "client SGD learning rate (default by task: 0.2 for images with small_cnn, "
     "0.1 for text, 0.05 otherwise)",
     "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; "

@@ -20,14 +20,35 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_keras.aggregation import ClientOutput
+from fedjax_keras._tree import tree_where
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import Optimizer
-from fedjax_keras.optimizers._functional import tree_where
 
 # grad_correction(grads, trainable, (broadcast, client_state)) -> grads: how
 # FedProx and SCAFFOLD change the plain gradient.
 GradCorrection = Callable[[Any, Any, Any], Any]
+
+
+class ClientOutput(NamedTuple):
+    """What one client contributes to a round (leaves unbatched, or [clients, ...]).
+
+    Attributes:
+      update: pytree, what the client sends the aggregator (usually its model
+        delta, client minus server; a dict of several parts for algorithms
+        that aggregate more than one thing, e.g. SCAFFOLD's control deltas).
+      weight: float32 scalar, the client's aggregation weight.
+      metrics: the client's unfinalized metric state.
+      loss_sum: float32, sum of ``loss * num_examples`` over its batches.
+      num_examples: int32, examples the client trained on.
+      client_state: the client's new persistent state; ``()`` (the default) for none.
+    """
+
+    update: Any
+    weight: jax.Array
+    metrics: Any
+    loss_sum: jax.Array
+    num_examples: jax.Array
+    client_state: Any = ()
 
 
 class ClientBatchArrays(NamedTuple):
@@ -59,8 +80,13 @@ class ClientProgram(NamedTuple):
     step: Callable[..., Any]
     finish: Callable[..., ClientOutput]
 
-    def run(self, broadcast, data: ClientBatchArrays, key, client_state) -> ClientOutput:
-        """All of one client's steps in one ``lax.scan``; leaves of ``data`` [steps, batch, ...]."""
+    def run(
+        self, broadcast, data: ClientBatchArrays, key, client_state, *, unroll: int = 1
+    ) -> ClientOutput:
+        """All of one client's steps in one ``lax.scan``; leaves of ``data`` [steps, batch, ...].
+
+        ``unroll`` is passed to `lax.scan`: several steps per loop iteration.
+        """
 
         def body(carry, inputs):
             x, y, mask, index = inputs
@@ -72,6 +98,7 @@ class ClientProgram(NamedTuple):
             body,
             self.start(broadcast, client_state),
             (data.x, data.y, data.mask, jnp.arange(num_steps)),
+            unroll=max(1, min(unroll, num_steps)),
         )
         return self.finish(carry, broadcast, client_state)
 
@@ -85,6 +112,12 @@ class TrainCarry(NamedTuple):
     loss_sum: jax.Array
     num_examples: jax.Array
     num_steps: jax.Array
+
+
+def round_key(seed_and_round) -> jax.Array:
+    """The key of a round from uint32 [2] ``(seed, round)``, computed inside the programs."""
+    base = jax.random.fold_in(jax.random.PRNGKey(0), seed_and_round[0])
+    return jax.random.fold_in(base, seed_and_round[1])
 
 
 def client_key(round_key: jax.Array, position: jax.Array, client_key_id: jax.Array) -> jax.Array:

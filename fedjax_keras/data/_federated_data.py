@@ -61,7 +61,15 @@ class FederatedData:
         self._init({"x": x, "y": y}, offsets, ids, None, None)
 
     def _init(
-        self, examples, client_offsets, client_ids, source, starts, population_ids=None
+        self,
+        examples,
+        client_offsets,
+        client_ids,
+        source,
+        starts,
+        population_ids=None,
+        population_positions=None,
+        population_size=None,
     ) -> None:
         # A subset is a view: it keeps the population's arrays (`source`) and each
         # client's first row there (`starts`), and copies its own rows only when
@@ -76,6 +84,13 @@ class FederatedData:
         object.__setattr__(self, "_starts", starts)
         object.__setattr__(
             self, "_population_ids", client_ids if population_ids is None else population_ids
+        )
+        num_clients = len(client_offsets) - 1
+        if population_positions is None:
+            population_positions = _read_only(np.arange(num_clients, dtype=np.int64))
+        object.__setattr__(self, "_population_positions", population_positions)
+        object.__setattr__(
+            self, "_population_size", num_clients if population_size is None else population_size
         )
 
     def __setattr__(self, name, value):
@@ -100,6 +115,21 @@ class FederatedData:
         k-th repeat is named ``(id, k)``). Per-client state is kept by these ids.
         """
         return self._population_ids
+
+    @property
+    def population_positions(self) -> np.ndarray:
+        """int64 [C]: each client's position in the population it was sampled from.
+
+        ``arange(C)`` for data built from arrays or client collections; for a
+        subset (a sampled cohort), the positions in the root population, repeats
+        included. Per-client state tables are indexed by these positions.
+        """
+        return self._population_positions
+
+    @property
+    def population_size(self) -> int:
+        """Clients in the population this data was sampled from (C for a root)."""
+        return self._population_size
 
     @property
     def source_rows(self) -> tuple[dict, np.ndarray]:
@@ -133,12 +163,21 @@ class FederatedData:
         sizes: np.ndarray,
         client_ids: tuple,
         population_ids: tuple,
+        population_positions: np.ndarray,
+        population_size: int,
     ):
         data = object.__new__(cls)
         offsets = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=offsets[1:])
         data._init(
-            None, _read_only(offsets), client_ids, source, _read_only(starts), population_ids
+            None,
+            _read_only(offsets),
+            client_ids,
+            source,
+            _read_only(starts),
+            population_ids,
+            _read_only(population_positions),
+            population_size,
         )
         return data
 
@@ -336,6 +375,8 @@ class FederatedData:
             self.client_sizes[pos],
             self._subset_ids(pos),
             tuple(population[p] for p in pos.tolist()),
+            self._population_positions[pos],
+            self._population_size,
         )
 
     def _subset_ids(self, pos: np.ndarray) -> tuple:

@@ -16,16 +16,17 @@ import numpy as np
 import optax
 
 from fedjax_keras import errors
+from fedjax_keras._tree import tree_where
 from fedjax_keras.metrics import MetricSuite
 from fedjax_keras.models import _backend
 from fedjax_keras.models._batch import Batch, as_batch, example_mask, zero_padded_examples
 from fedjax_keras.models._keras_metrics import build_metric_suite
+from fedjax_keras.models._labels import check_labels
 from fedjax_keras.models._losses import OutputLoss, build_output_losses, total_loss
 from fedjax_keras.models._outputs import OutputStructure
 from fedjax_keras.models._variables import VariableLayout
 from fedjax_keras.models._weights import BatchOutput, ModelWeights
 from fedjax_keras.optimizers import Optimizer, as_optimizer, from_optax
-from fedjax_keras.optimizers._functional import tree_where
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -196,6 +197,15 @@ class Model:
         loss = total_loss(self._losses, labels, predictions, mask, extra, masks)
         num_examples = jnp.sum(mask).astype(jnp.int32)
         return loss, BatchOutput(loss, outputs, num_examples, new_non_trainable, tuple(masks))
+
+    def check_labels(self, data) -> None:
+        """Raises `LabelRangeError` if a sparse label of ``data`` is not a class of the model.
+
+        Args:
+          data: a `FederatedData`; its whole source (the population a cohort was
+            sampled from) is checked with one min and max per output on the host.
+        """
+        check_labels(self, data)
 
     @property
     def has_convolutions(self) -> bool:

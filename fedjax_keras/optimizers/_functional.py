@@ -8,7 +8,6 @@ steps with `jnp.where`.
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import optax
 
 Params = Any
@@ -62,7 +61,7 @@ def as_optimizer(obj: Any, params_template: Params, *, argument: str = "optimize
     ):
         return from_optax(obj)
     if _is_keras_optimizer(obj):
-        from fedjax_keras.models._keras_optimizer import from_keras_optimizer
+        from fedjax_keras.optimizers._keras import from_keras_optimizer
 
         return from_keras_optimizer(obj, params_template)
     if callable(obj):
@@ -84,8 +83,3 @@ def as_optimizer(obj: Any, params_template: Params, *, argument: str = "optimize
         f"optimizer (e.g. keras.optimizers.SGD(0.1)), or a zero-argument callable returning "
         f"one; received {obj!r}."
     )
-
-
-def tree_where(condition, new, old):
-    """``jnp.where(condition, new, old)`` leaf by leaf, for skipping padded steps."""
-    return jax.tree.map(lambda a, b: jax.numpy.where(condition, a, b), new, old)

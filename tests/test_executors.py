@@ -1,4 +1,4 @@
-"""The chunk runners against a plain Python loop; chunking, padding and caching invariance."""
+"""The executors against a plain Python loop; chunking, padding and caching invariance."""
 
 import jax
 import numpy as np
@@ -6,10 +6,11 @@ import optax
 import pytest
 from engine_reference import SGD, fed_avg_rounds, make_clients, wrap
 
-import fedjax_keras  # noqa: F401  (selects the JAX backend before keras loads)
+import fedjax_keras  # (selects the JAX backend before keras loads)
 from fedjax_keras.algorithms import build_weighted_fed_avg
-from fedjax_keras.client import MODES
 from fedjax_keras.testing import assert_trees_all_close, toy_models
+
+MODES = ("vmap", "unroll", "sequential")
 
 BATCH = 3
 # Six clients: a zero-example client, a partial last batch, skewed step counts.
@@ -40,13 +41,16 @@ def _run(process, cohorts, seed=0):
 
 
 @pytest.mark.parametrize(
-    "model_name, mode",
-    [("dropout_model", mode) for mode in MODES]
+    "model_name, mode, placement",
+    [("dropout_model", mode, "device") for mode in MODES]
+    # Batches built on the host (what 'auto' picks for large populations).
+    + [("dropout_model", mode, "host") for mode in ("vmap", "sequential")]
     # The runners meant for convolutions on a CPU, with one.
-    + [("conv_model", "unroll"), ("conv_model", "sequential")],
+    + [("conv_model", "unroll", "device"), ("conv_model", "sequential", "host")],
 )
-def test_engine_equals_python_loop(request, model_name, mode):
-    """Every runner mode equals the client-by-client, batch-by-batch loop (two rounds)."""
+def test_engine_equals_python_loop(request, model_name, mode, placement):
+    """Every executor, with data on the devices or batched on the host, equals the
+    client-by-client, batch-by-batch loop (two rounds)."""
     model = request.getfixturevalue(model_name)
     x_shape = CONV_SHAPE if model_name == "conv_model" else (4,)
     cohorts = [make_clients(SIZES, x_shape, seed=0), make_clients(SIZES[::-1], x_shape, seed=1)]
@@ -60,6 +64,7 @@ def test_engine_equals_python_loop(request, model_name, mode):
         chunk_size=4,
         step_buckets=[8],  # one chunk shape: fewer compilations
         runner=mode,
+        data_placement=placement,
     )
     state = _run(process, cohorts, seed=5)
     expected = fed_avg_rounds(
@@ -110,32 +115,115 @@ def test_result_does_not_depend_on_chunk_size_or_padding(chunked_results):
     assert len({out.metrics["padding_fraction"] for out in outputs}) > 1
 
 
-def test_no_recompilation_after_warmup(dense_model):
-    """Rounds 3-6 of similar cohorts compile nothing (count XLA backend compilations)."""
-    compiles = []
+class _CompileCounter:
+    """Counts XLA backend compilations while active."""
 
-    def listener(event, duration, **kwargs):
+    def __init__(self):
+        self.names = []
+
+    def _listen(self, event, duration, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(kwargs.get("fun_name", event))
+            self.names.append(kwargs.get("fun_name", event))
 
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def _sampled_cohorts(rounds):
     data = make_clients([6, 3, 8, 5, 2, 7, 4, 6, 9, 1], seed=7)
-    process = build_weighted_fed_avg(dense_model, optax.sgd(0.1), batch_size=BATCH, chunk_size=2)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    return [data.sample_clients(4, seed=r) for r in range(rounds)]
+
+
+def _list_cohorts(rounds):
+    """Fresh lists of client dicts each round, of varying client sizes (one step bucket)."""
+    rng = np.random.default_rng(8)
+    return [
+        [
+            {
+                "x": rng.normal(size=(n, 4)).astype(np.float32),
+                "y": rng.integers(0, 3, n).astype(np.int32),
+            }
+            for n in rng.integers(4, 10, 4)
+        ]
+        for _ in range(rounds)
+    ]
+
+
+@pytest.mark.parametrize(
+    "cohorts, mode",
+    [("sampled", "vmap"), ("list", "vmap"), ("list", "sequential")],
+)
+def test_no_recompilation_after_warmup(dense_model, cohorts, mode):
+    """Rounds 3-6 compile nothing (count XLA backend compilations), for cohorts sampled
+    from a population and for fresh lists of client datasets (TFF's way)."""
+    rounds = _sampled_cohorts(6) if cohorts == "sampled" else _list_cohorts(6)
+    process = build_weighted_fed_avg(
+        dense_model,
+        optax.sgd(0.1),
+        batch_size=BATCH,
+        chunk_size=2,
+        step_buckets=[4],
+        runner=mode,
+    )
+    with _CompileCounter() as compiles:
         state = process.initialize(0)
-        for round_num in range(2):
-            state = process.next(state, data.sample_clients(4, seed=round_num)).state
+        for cohort in rounds[:2]:
+            state = process.next(state, cohort).state
         jax.block_until_ready(state.model)
-        warmup = len(compiles)
-        for round_num in range(2, 6):
-            out = process.next(state, data.sample_clients(4, seed=round_num))
+        warmup = len(compiles.names)
+        for cohort in rounds[2:]:
+            out = process.next(state, cohort)
             state = out.state
         jax.block_until_ready(state.model)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert warmup > 0  # the listener sees compilations at all
-    assert compiles[warmup:] == []
+    assert compiles.names[warmup:] == []
     assert out.metrics["num_clients"] == 4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_dropped_clients_stored_state_is_unchanged(conv_model, dense_model, mode):
+    """SCAFFOLD with a client whose data holds a NaN: its control variate is not written."""
+    data = make_clients([4, 5, 3], seed=9)
+    clients = {cid: dict(c) for cid, c in data}
+    bad = dict(clients[13])
+    bad["x"] = bad["x"].copy()
+    bad["x"][0, 0] = np.nan
+    clients[13] = bad
+    data = fedjax_keras.FederatedData.from_client_dict(clients)
+    process = fedjax_keras.algorithms.build_scaffold(
+        dense_model, 0.1, batch_size=BATCH, chunk_size=2, runner=mode
+    )
+    state = process.initialize(0)
+    for _ in range(2):
+        out = process.next(state, data)
+        state = out.state
+        assert out.metrics["num_dropped_clients"] == 1
+    assert state.client_states.seen_positions().tolist() == [0, 2]
+    row = state.client_states.gather(np.array([1]))["algorithm"]
+    assert all(np.all(np.asarray(leaf) == 0) for leaf in jax.tree.leaves(row))
+
+
+def test_a_client_drawn_twice_starts_both_draws_from_its_stored_row(dense_model):
+    """Sampling with replacement: every draw reads the round-start row and the last draw's
+    row is kept, whatever the chunking and the executor."""
+    data = make_clients([4, 6, 3], seed=10)
+    cohort = data.subset([1, 0, 1, 2, 1])
+    results = []
+    for chunk_size, mode in [(1, "vmap"), (2, "vmap"), (None, "vmap"), (2, "sequential")]:
+        process = fedjax_keras.algorithms.build_scaffold(
+            dense_model, 0.1, batch_size=BATCH, chunk_size=chunk_size, runner=mode
+        )
+        state = process.initialize(0)
+        for _ in range(2):
+            state = process.next(state, cohort).state
+        results.append(state)
+    for other in results[1:]:
+        assert_trees_all_close(other.model, results[0].model, rtol=1e-5, atol=1e-6)
+        assert_trees_all_close(other.client_states, results[0].client_states, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_name, runner", [("conv_model", "auto"), ("dense_model", "timed")])

@@ -1,5 +1,7 @@
 """A Keras 3 optimizer as a pure `Optimizer` over a dict of parameters.
 
+Imported lazily by `as_optimizer`, only when a Keras optimizer is given.
+
 We build a private clone of the user's optimizer on placeholder variables of
 the parameters' shapes and use its `stateless_apply`, so learning-rate
 schedules, weight decay, clipping and the step counter behave exactly as in

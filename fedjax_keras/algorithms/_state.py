@@ -1,0 +1,58 @@
+"""The state of a federated process between rounds, and what a round returns."""
+
+from typing import Any, NamedTuple
+
+import flax.struct
+import numpy as np
+
+from fedjax_keras.models import ModelWeights
+
+
+@flax.struct.dataclass
+class ServerState:
+    """The state of a federated process between rounds: one pytree, nothing hidden.
+
+    `jax.jit`, `jax.tree.map`, `jax.device_put` and checkpoints see every
+    array, the per-client table included.
+
+    Attributes:
+      model: the server's `ModelWeights`.
+      optimizer_state: the server optimizer's state.
+      algorithm_state: the algorithm's own server state (SCAFFOLD's control
+        variate), or ``()``.
+      aggregator_state: the aggregator's persistent state (an adaptive clip
+        norm), or ``()``.
+      client_states: the `fedjax_keras.client.ClientTable` of per-client
+        state (leaves [population, ...]), or None when the algorithm keeps none.
+      round_num: int64 scalar, rounds completed.
+      seed: int64 scalar, the seed given to ``initialize``; with ``round_num``
+        it determines every random choice of the next round.
+      nonfinite_rounds: int64 scalar, consecutive rounds whose server update
+        was not finite and was not applied.
+    """
+
+    model: ModelWeights
+    optimizer_state: Any
+    algorithm_state: Any = ()
+    aggregator_state: Any = ()
+    client_states: Any = None
+    round_num: Any = np.int64(0)
+    seed: Any = np.int64(0)
+    nonfinite_rounds: Any = np.int64(0)
+
+    @property
+    def extra(self) -> Any:
+        """The algorithm's own server state (the name of releases before 0.2)."""
+        return self.algorithm_state
+
+
+class RoundOutput(NamedTuple):
+    """What ``process.next`` returns (TFF's ``LearningProcessOutput``).
+
+    Attributes:
+      state: the new `ServerState`.
+      metrics: dict of Python floats / ints (NumPy arrays for vector metrics).
+    """
+
+    state: ServerState
+    metrics: dict

@@ -1,0 +1,72 @@
+"""The round's guards: non-finite server updates are never applied, empty clients are counted."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from engine_reference import make_clients, wrap
+
+import fedjax_keras  # noqa: F401
+from fedjax_keras.algorithms import build_weighted_fed_avg
+from fedjax_keras.errors import NonFiniteServerUpdateError
+from fedjax_keras.testing import assert_trees_all_close, toy_models
+
+BATCH = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    return wrap(toy_models.mlp(seed=51))
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return make_clients([5, 3, 4], seed=52)
+
+
+def test_nan_server_update_is_not_applied_and_raises_at_once(model, cohort):
+    process = build_weighted_fed_avg(model, optax.sgd(0.1), optax.sgd(float("nan")), batch_size=3)
+    state = process.initialize(0)
+    before = jax.tree.map(np.array, state)
+    with pytest.raises(
+        NonFiniteServerUpdateError, match=r"round 0 was not finite in model.trainable\['dense/"
+    ):
+        process.next(state, cohort)
+    assert_trees_all_close(state, before, rtol=0, atol=0)  # the caller's state is intact
+
+
+def test_nonfinite_rounds_are_counted_until_the_limit(model, cohort):
+    process = build_weighted_fed_avg(
+        model, optax.sgd(0.1), optax.sgd(float("nan")), batch_size=BATCH, max_nonfinite_rounds=3
+    )
+    state = process.initialize(0)
+    for round_num in range(2):
+        out = process.next(state, cohort)
+        assert out.metrics["server_update_nonfinite"] == 1
+        assert np.isfinite(out.metrics["loss"])  # the clients trained fine
+        assert int(out.state.nonfinite_rounds) == round_num + 1
+        assert_trees_all_close(out.state.model, state.model, rtol=0, atol=0)
+        state = out.state
+    with pytest.raises(NonFiniteServerUpdateError, match="3 consecutive round"):
+        process.next(state, cohort)
+
+
+def test_a_finite_round_resets_the_count(model, cohort):
+    """An exploding Adam step that fails once: the next finite round clears the streak."""
+    process = build_weighted_fed_avg(
+        model, optax.sgd(0.1), batch_size=BATCH, max_nonfinite_rounds=2
+    )
+    state = process.initialize(0).replace(nonfinite_rounds=np.int64(1))
+    out = process.next(state, cohort)
+    assert out.metrics["server_update_nonfinite"] == 0
+    assert int(out.state.nonfinite_rounds) == 0
+
+
+def test_clients_without_examples_are_counted_apart(model):
+    cohort = make_clients([4, 0, 5, 0], seed=53)
+    process = build_weighted_fed_avg(model, optax.sgd(0.1), batch_size=BATCH)
+    out = process.next(process.initialize(0), cohort)
+    assert out.metrics["num_clients"] == 2
+    assert out.metrics["num_empty_clients"] == 2
+    assert out.metrics["num_examples"] == 9
+    assert out.metrics["num_dropped_clients"] == 0
