@@ -472,3 +472,23 @@ def test_scaffold_divides_control_deltas_by_the_population_not_the_cohort(model)
     expected = jax.tree.map(lambda *rows: np.stack(rows), *c_i)
     assert_trees_all_close(stored, expected, rtol=1e-4, atol=1e-5)
     assert state.client_states.seen_positions().tolist() == [0, 1, 3, 4]
+
+
+def test_fed_eval_per_client_reports_each_clients_metrics_in_cohort_order(model, cohort):
+    """Chunks of 3 sorted by step count: the reports come back in cohort order."""
+    process = build_fed_eval(model, per_client=True, batch_size=2, chunk_size=3)
+    weights = model.initial_weights
+    out = process.next(process.set_model_weights(process.initialize(), weights), cohort)
+    for position, (_, client) in enumerate(cohort):
+        n = len(client["y"])
+        assert out.metrics["clients/num_examples"][position] == n
+        if n == 0:
+            assert np.isnan(out.metrics["clients/loss"][position])
+            continue
+        logits = model.apply(weights, client["x"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, client["y"]).mean()
+        accuracy = float(np.mean(np.argmax(logits, -1) == client["y"]))
+        assert out.metrics["clients/loss"][position] == pytest.approx(float(loss), rel=1e-5)
+        got = out.metrics["clients/sparse_categorical_accuracy"][position]
+        assert got == pytest.approx(accuracy, abs=1e-6)
+    assert out.metrics["clients/kept"].tolist() == [n > 0 for n in SIZES]

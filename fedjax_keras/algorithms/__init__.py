@@ -17,6 +17,7 @@ from fedjax_keras.algorithms._registry import AlgorithmSettings as AlgorithmSett
 from fedjax_keras.algorithms._registry import algorithm_names as algorithm_names
 from fedjax_keras.algorithms._registry import get_algorithm as get_algorithm
 from fedjax_keras.algorithms._registry import register as register
+from fedjax_keras.algorithms._registry import unregister as unregister
 from fedjax_keras.algorithms._scaffold import build_scaffold as build_scaffold
 from fedjax_keras.algorithms._state import RoundOutput as RoundOutput
 from fedjax_keras.algorithms._state import ServerState as ServerState

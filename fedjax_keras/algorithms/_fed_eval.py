@@ -13,7 +13,7 @@ from fedjax_keras.client import ClientOutput, ClientProgram
 from fedjax_keras.models import Model
 
 
-def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
+def build_fed_eval(model: Model, *, per_client: bool = False, **engine_options) -> FederatedProcess:
     """A process whose ``next(state, cohort)`` evaluates the state's model on the cohort.
 
     Use ``process.set_model_weights(process.initialize(), weights)`` to evaluate
@@ -21,13 +21,19 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
 
     Args:
       model: from `from_keras_model`.
+      per_client: also return every client's own loss, metrics and example
+        count as arrays [cohort] in cohort order (metrics ``clients/loss``,
+        ``clients/<metric>``, ``clients/num_examples``), for distributions
+        and percentiles across clients (TFF gives only the mean).
       **engine_options: batch_size, chunk_size, step_buckets, runner (see
         `build_weighted_fed_avg`); data is not shuffled.
 
     Returns:
       A `FederatedProcess`; its round metrics are ``loss``, the model's metrics,
-      ``num_examples`` and ``num_clients``.
+      ``num_examples`` and ``num_clients`` (plus ``clients/...`` with ``per_client``).
     """
+    if not isinstance(per_client, bool):
+        raise TypeError(f"per_client must be True or False; received {per_client!r}.")
     require_model(model)
     options = {"shuffle": False, **engine_options}
     if options.get("epochs", 1) != 1:
@@ -51,12 +57,21 @@ def build_fed_eval(model: Model, **engine_options) -> FederatedProcess:
 
     def finish(carry, broadcast, client_state) -> ClientOutput:
         metrics, loss_sum, num_examples = carry
+        report = ()
+        if per_client:
+            # A client without examples has no loss or accuracy: NaN, not 0.
+            has = num_examples > 0
+            finalized = model.finalize_metrics(metrics)
+            report = {name: jnp.where(has, value, jnp.nan) for name, value in finalized.items()}
+            report["loss"] = jnp.where(has, loss_sum / jnp.maximum(num_examples, 1), jnp.nan)
+            report["num_examples"] = num_examples
         return ClientOutput(
             update=(),
             weight=num_examples.astype(jnp.float32),
             metrics=metrics,
             loss_sum=loss_sum,
             num_examples=num_examples,
+            report=report,
         )
 
     algorithm = FederatedAlgorithm(

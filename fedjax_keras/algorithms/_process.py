@@ -115,7 +115,7 @@ class _Caches:
         self.source = None  # (key, device arrays, host arrays kept alive)
         self.fitting_signatures: set = set()
         self.checked_labels: set = set()
-        self.update_spec = None
+        self.output_spec = None
         self.state_template = None
 
 
@@ -197,7 +197,11 @@ class FederatedProcess:
 
     def _update_spec(self):
         """Shapes of one client's update (what the aggregator sees), traced once."""
-        if self._caches.update_spec is None:
+        return self._output_spec().update
+
+    def _output_spec(self):
+        """One client's `ClientOutput` as `jax.ShapeDtypeStruct`, traced once."""
+        if self._caches.output_spec is None:
             one = jax.tree.map(
                 lambda s: jax.ShapeDtypeStruct((1, 1) + tuple(s.shape[1:]), s.dtype),
                 self.model.input_spec,
@@ -208,16 +212,14 @@ class FederatedProcess:
             row = () if default is None else default(weights)
             state = ServerState(weights, *self.algorithm.server_init(weights))
             spec = jax.eval_shape(
-                lambda d, r: (
-                    self.algorithm.client_program.run(
-                        self.algorithm.broadcast(state), d, jax.random.PRNGKey(0), r
-                    ).update
+                lambda d, r: self.algorithm.client_program.run(
+                    self.algorithm.broadcast(state), d, jax.random.PRNGKey(0), r
                 ),
                 data,
                 row,
             )
-            self._caches.update_spec = spec
-        return self._caches.update_spec
+            self._caches.output_spec = spec
+        return self._caches.output_spec
 
     def initialize(self, seed: int = 0) -> ServerState:
         """The initial server state: the model's initial weights, fresh optimizer state.
@@ -419,7 +421,7 @@ class FederatedProcess:
 
     # ------------------------------------------------------------------ round
     def _start_impl(self, agg_state, table, capacity):
-        spec = self._update_spec()
+        spec = self._output_spec()
         return start_carry(self.algorithm, self.model, spec, agg_state, table, capacity)
 
     def _finish_impl(self, state, carry, seed_and_round):
@@ -515,7 +517,9 @@ class FederatedProcess:
             positions,
             _last_occurrence(positions) if stateful else None,
         )
-        capacity = plan.num_chunks * plan.chunk_size if self.algorithm.aggregator.stacked else 0
+        reports = jax.tree.leaves(self._output_spec().report)
+        needs_slots = self.algorithm.aggregator.stacked or bool(reports)
+        capacity = plan.num_chunks * plan.chunk_size if needs_slots else 0
         carry = self._start(state.aggregator_state, state.client_states, capacity)
         carry = self.placement.replicated(carry)
         bound = None
@@ -524,8 +528,9 @@ class FederatedProcess:
             if bound is None:
                 bound = self._executor_for(carry, inputs, chunk, host)
             carry = bound(carry, inputs, chunk, host)
-        new_state, metrics, flags = self._finish(state, carry, seed_and_round)
+        new_state, metrics, flags, reports = self._finish(state, carry, seed_and_round)
         host_metrics = _to_host_metrics(metrics)
+        host_metrics.update(_client_reports(reports, plan))
         nonfinite = bool(host_metrics["server_update_nonfinite"])
         streak = int(state.nonfinite_rounds) + 1 if nonfinite else 0
         new_state = new_state.replace(
@@ -606,6 +611,23 @@ def _nonfinite_message(name, round_num, state, flags, streak) -> str:
         "applied. Lower the server learning rate or check the server optimizer; pass "
         "max_nonfinite_rounds=N to tolerate N-1 such rounds in a row."
     )
+
+
+def _client_reports(reports, plan) -> dict:
+    """``clients/<name>`` arrays [cohort], in cohort order, from the reports by slot."""
+    if reports == ():
+        return {}
+    slot_positions = np.asarray(plan.slot_positions)
+    real = slot_positions >= 0
+    result = {}
+    for path, values in jax.tree_util.tree_flatten_with_path(jax.device_get(reports))[0]:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        name = "/".join(keys[1:] if keys[0] == "report" else keys)
+        values = np.asarray(values)
+        ordered = np.empty((int(real.sum()),) + values.shape[1:], values.dtype)
+        ordered[slot_positions[real]] = values[real]
+        result[f"clients/{name}"] = ordered
+    return result
 
 
 def _warn_if_empty(metrics: dict, round_num: int) -> None:

@@ -75,6 +75,12 @@ def register(entry: AlgorithmEntry) -> AlgorithmEntry:
     return entry
 
 
+def unregister(name: str) -> None:
+    """Removes a registered algorithm (for notebooks and tests that register their own)."""
+    get_algorithm(name)
+    del _REGISTRY[name]
+
+
 def algorithm_names() -> tuple[str, ...]:
     """Every registered ``--algorithm`` name, in registration order."""
     return tuple(_REGISTRY)

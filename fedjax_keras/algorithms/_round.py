@@ -62,19 +62,39 @@ class RoundCarry(NamedTuple):
       aggregate: the aggregator's accumulator.
       stats: `RoundStats`.
       table: the `ClientTable` (being written), or None.
+      reports: the clients' `ClientOutput.report` by slot, leaves [capacity,
+        ...], plus ``'kept'`` (bool [capacity]); ``()`` when nothing is reported.
     """
 
     aggregate: Any
     stats: RoundStats
     table: Any
+    reports: Any = ()
 
 
 def start_carry(algorithm: FederatedAlgorithm, model: Model, spec, agg_state, table, capacity):
-    """The empty carry of a round; the table is copied (the caller's state stays valid)."""
+    """The empty carry of a round; the table is copied (the caller's state stays valid).
+
+    Args:
+      spec: `ClientOutput` of `jax.ShapeDtypeStruct`: one client's output.
+      capacity: client slots of the round (padding included); 0 when neither
+        the aggregator nor the reports need them.
+    """
     zero_f, zero_i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
     stats = RoundStats(model.init_metrics(), zero_f, zero_i, zero_i, zero_i, zero_i)
     table = None if table is None else jax.tree.map(jnp.copy, table)
-    return RoundCarry(algorithm.aggregator.start(agg_state, spec, capacity), stats, table)
+    reports = ()
+    if jax.tree.leaves(spec.report):
+        reports = jax.tree.map(
+            lambda s: jnp.full((capacity,) + s.shape, jnp.nan if _inexact(s) else 0, s.dtype),
+            {"report": spec.report, "kept": jax.ShapeDtypeStruct((), bool)},
+        )
+    aggregate = algorithm.aggregator.start(agg_state, spec.update, capacity)
+    return RoundCarry(aggregate, stats, table, reports)
+
+
+def _inexact(spec) -> bool:
+    return jnp.issubdtype(spec.dtype, jnp.inexact)
 
 
 def _all_finite(tree, num_clients: int) -> jax.Array:
@@ -126,7 +146,15 @@ def make_chunk_program(algorithm: FederatedAlgorithm, model: Model) -> ChunkProg
         if table is not None:
             new_rows = {"algorithm": outputs.client_state, "aggregator": agg_rows}
             table = table.scatter(info.table_rows, new_rows, info.write & keep)
-        return RoundCarry(accumulator, stats, table)
+        reports = carry.reports
+        if reports != ():
+            # Padding clients hold an out-of-range slot: mode="drop" discards them.
+            reports = jax.tree.map(
+                lambda buffer, new: buffer.at[info.slots].set(new, mode="drop"),
+                reports,
+                {"report": outputs.report, "kept": keep},
+            )
+        return RoundCarry(accumulator, stats, table, reports)
 
     return ChunkProgram(algorithm.client_program, read_rows, absorb)
 
@@ -141,11 +169,12 @@ def _leaf_finite(tree) -> jax.Array:
 
 
 def finish_round(algorithm: FederatedAlgorithm, model: Model, state, carry: RoundCarry, key):
-    """``(state, carry, round key) -> (state, metrics, finite flags)``; pure, compiled once.
+    """``(state, carry, round key) -> (state, metrics, finite flags, reports)``; pure.
 
     Returns the new state (round counters excluded: the host sets them), the
-    round's metrics, and bool [leaves] flags saying which leaves of the
-    proposed server state (model, optimizer, algorithm state) were finite.
+    round's metrics, bool [leaves] flags saying which leaves of the proposed
+    server state (model, optimizer, algorithm state) were finite, and the
+    clients' reports by slot (``()`` if none).
     """
     stats = carry.stats
     aggregate, agg_state, agg_metrics = algorithm.aggregator.finalize(
@@ -184,4 +213,4 @@ def finish_round(algorithm: FederatedAlgorithm, model: Model, state, carry: Roun
     metrics["num_empty_clients"] = stats.num_empty
     metrics["num_dropped_clients"] = stats.num_dropped
     metrics["server_update_nonfinite"] = nonfinite.astype(jnp.int32)
-    return new_state, metrics, flags
+    return new_state, metrics, flags, carry.reports

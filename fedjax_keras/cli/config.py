@@ -155,10 +155,10 @@ def resolve(base: dict, file_settings: dict, flag_settings: dict) -> Config:
 
 def validate(config: Config) -> None:
     """Raises UsageError for a value out of range or not among the choices."""
-    if config.algorithm not in ALGORITHMS:
+    if config.algorithm not in algorithm_names():
         raise UsageError(
             f"--algorithm: unknown algorithm {config.algorithm!r}; "
-            f"expected one of {list(ALGORITHMS)}."
+            f"expected one of {list(algorithm_names())}."
         )
     if config.runner not in RUNNERS:
         raise UsageError(f"--runner: expected one of {list(RUNNERS)}; received {config.runner!r}.")

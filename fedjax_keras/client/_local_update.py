@@ -41,6 +41,10 @@ class ClientOutput(NamedTuple):
       loss_sum: float32, sum of ``loss * num_examples`` over its batches.
       num_examples: int32, examples the client trained on.
       client_state: the client's new persistent state; ``()`` (the default) for none.
+      report: a dict of per-client values (scalars or small arrays) that the
+        round returns for every client, in cohort order, as metrics
+        ``clients/<name>`` (e.g. per-client accuracy for a distribution);
+        ``()`` (the default) for none.
     """
 
     update: Any
@@ -49,6 +53,7 @@ class ClientOutput(NamedTuple):
     loss_sum: jax.Array
     num_examples: jax.Array
     client_state: Any = ()
+    report: Any = ()
 
 
 class ClientBatchArrays(NamedTuple):

@@ -135,6 +135,12 @@ class CohortPlan:
         return [(self.chunk_size, int(s), self.batch_size) for s in self.chunk_steps]
 
     @property
+    def slot_positions(self) -> np.ndarray:
+        """int32 [num_chunks * chunk_size]: the cohort position of every client slot
+        (chunk ``j``, index ``i`` is slot ``j * chunk_size + i``), -1 for padding."""
+        return self._per_client[0].reshape(-1)
+
+    @property
     def num_examples(self) -> int:
         """Real examples of the cohort, counted once (one epoch)."""
         return int(self.client_num_examples.sum())
