@@ -70,3 +70,23 @@ def test_clients_without_examples_are_counted_apart(model):
     assert out.metrics["num_empty_clients"] == 2
     assert out.metrics["num_examples"] == 9
     assert out.metrics["num_dropped_clients"] == 0
+
+
+def test_host_metrics_functions_add_to_each_rounds_metrics(model, cohort):
+    seen = []
+
+    def rounds_done(state, metrics):
+        seen.append(metrics["num_clients"])
+        return {"rounds_done": int(state.round_num)}
+
+    process = build_weighted_fed_avg(
+        model, optax.sgd(0.1), batch_size=BATCH, host_metrics=rounds_done
+    )
+    state = process.initialize(0)
+    for expected in (1, 2):
+        out = process.next(state, cohort)
+        state = out.state
+        assert out.metrics["rounds_done"] == expected
+    assert seen == [3, 3]
+    with pytest.raises(TypeError, match="host_metrics"):
+        build_weighted_fed_avg(model, optax.sgd(0.1), host_metrics="epsilon")

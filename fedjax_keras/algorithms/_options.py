@@ -59,6 +59,9 @@ class EngineOptions:
       mesh: a `jax.sharding.Mesh` with a 'clients' axis (None: every device).
       max_nonfinite_rounds: consecutive rounds whose server update is not
         finite (never applied) before `next` raises (1: at once).
+      host_metrics: functions ``(state, metrics) -> dict`` run on the host
+        after every round, their results added to the round's metrics (a
+        privacy accountant's ``epsilon``, say); ``()`` for none.
     """
 
     batch_size: int = 20
@@ -74,6 +77,7 @@ class EngineOptions:
     population_size: int | None = None
     mesh: Any = None
     max_nonfinite_rounds: int = 1
+    host_metrics: Any = ()
 
     def __post_init__(self):
         for name in ("batch_size", "epochs", "group_size", "max_nonfinite_rounds"):
@@ -128,6 +132,15 @@ class EngineOptions:
                 f"population_size must be a positive int; received {self.population_size!r}."
             )
         object.__setattr__(self, "mesh", check_mesh(self.mesh))
+        hooks = self.host_metrics
+        if callable(hooks):
+            hooks = (hooks,)
+        if not isinstance(hooks, (tuple, list)) or not all(callable(h) for h in hooks):
+            raise TypeError(
+                "host_metrics must be a function (state, metrics) -> dict or a tuple of them; "
+                f"received {self.host_metrics!r}."
+            )
+        object.__setattr__(self, "host_metrics", tuple(hooks))
 
     @property
     def data_limit_bytes(self) -> int:

@@ -544,6 +544,14 @@ class FederatedProcess:
             )
         host_metrics["padding_fraction"] = float(plan.padding_fraction)
         host_metrics["runner"] = bound.name
+        for hook in self.options.host_metrics:
+            extra = hook(new_state, dict(host_metrics))
+            if not isinstance(extra, dict):
+                raise TypeError(
+                    f"host_metrics function {hook!r} returned {type(extra).__name__}; expected "
+                    "a dict of metric names to values."
+                )
+            host_metrics.update(extra)
         _warn_if_empty(host_metrics, round_num)
         return RoundOutput(new_state, host_metrics)
 
