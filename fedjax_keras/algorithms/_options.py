@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from fedjax_keras.data import UnreliableClients
 from fedjax_keras.data._batching import _round_steps
 from fedjax_keras.parallel import Stepwise, Vmap
 from fedjax_keras.parallel._mesh import check_mesh
@@ -59,6 +60,8 @@ class EngineOptions:
       mesh: a `jax.sharding.Mesh` with a 'clients' axis (None: every device).
       max_nonfinite_rounds: consecutive rounds whose server update is not
         finite (never applied) before `next` raises (1: at once).
+      unreliable_clients: a `fedjax_keras.data.UnreliableClients` (dropouts,
+        stragglers drawn per round from the seed), or None.
       host_metrics: functions ``(state, metrics) -> dict`` run on the host
         after every round, their results added to the round's metrics (a
         privacy accountant's ``epsilon``, say); ``()`` for none.
@@ -77,6 +80,7 @@ class EngineOptions:
     population_size: int | None = None
     mesh: Any = None
     max_nonfinite_rounds: int = 1
+    unreliable_clients: Any = None
     host_metrics: Any = ()
 
     def __post_init__(self):
@@ -132,6 +136,14 @@ class EngineOptions:
                 f"population_size must be a positive int; received {self.population_size!r}."
             )
         object.__setattr__(self, "mesh", check_mesh(self.mesh))
+        if self.unreliable_clients is not None and not isinstance(
+            self.unreliable_clients, UnreliableClients
+        ):
+            raise TypeError(
+                "unreliable_clients must be a fedjax_keras.data.UnreliableClients(dropout=..., "
+                f"straggler_rate=..., straggler_work=...) or None; received "
+                f"{self.unreliable_clients!r}."
+            )
         hooks = self.host_metrics
         if callable(hooks):
             hooks = (hooks,)

@@ -34,6 +34,7 @@ from fedjax_keras.algorithms._round import finish_round, make_chunk_program, sta
 from fedjax_keras.algorithms._state import RoundOutput, ServerState
 from fedjax_keras.client import ClientBatchArrays, ClientTable, round_key
 from fedjax_keras.data import FederatedData, plan_cohort
+from fedjax_keras.data._unreliable import completed_steps
 from fedjax_keras.errors import NonFiniteServerUpdateError, StateMismatchError
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.parallel import Chunk, ChunkInfo, HostChunk, Placement, RoundInputs
@@ -428,16 +429,21 @@ class FederatedProcess:
         return finish_round(self.algorithm, self.model, state, carry, round_key(seed_and_round))
 
     def _chunk(self, plan, index, source, cohort_info, stateful):
-        key_ids, table_rows, last = cohort_info
-        if source is None:
-            batches = plan.chunk(index)
-            data, rows = ClientBatchArrays(batches.x, batches.y, batches.mask), None
-        else:
-            batches = plan.chunk_rows(index)
-            data, rows = ClientBatchArrays(None, None, batches.mask), batches.rows
+        key_ids, table_rows, last, reported, work = cohort_info
+        batches = plan.chunk(index) if source is None else plan.chunk_rows(index)
         positions = np.asarray(batches.client_positions)
-        valid = positions >= 0
         at = np.maximum(positions, 0)
+        valid = positions >= 0
+        mask, num_steps = batches.mask, np.asarray(batches.num_steps)
+        if reported is not None:
+            # Dropouts leave the round like padding; stragglers stop early (masked steps).
+            valid &= reported[at]
+            num_steps = np.where(valid, completed_steps(num_steps, work[at]), 0)
+            mask = mask & (np.arange(mask.shape[1]) < num_steps[:, None])[:, :, None]
+        if source is None:
+            data, rows = ClientBatchArrays(batches.x, batches.y, mask), None
+        else:
+            data, rows = ClientBatchArrays(None, None, mask), batches.rows
         slots = index * plan.chunk_size + np.arange(len(positions))
         info = ChunkInfo(
             positions=positions.astype(np.int32),
@@ -449,7 +455,7 @@ class FederatedProcess:
             write=valid & last[at] if stateful else np.zeros(len(positions), bool),
             slots=np.where(valid, slots, _NO_SLOT).astype(np.int32),
         )
-        host = HostChunk(valid, np.asarray(batches.num_steps))
+        host = HostChunk(valid, num_steps)
         return Chunk(data, rows, info), host
 
     def next(self, state: ServerState, cohort) -> RoundOutput:
@@ -512,10 +518,16 @@ class FederatedProcess:
         # Population ids are plain (vectorised) even when repeats are renamed; the
         # cohort position folded into each key keeps repeated draws distinct.
         positions = cohort.population_positions
+        unreliable = self.options.unreliable_clients
+        reported = work = None
+        if unreliable is not None and unreliable.active:
+            reported, work = unreliable.draw(seed, round_num, cohort.num_clients)
         cohort_info = (
             client_key_ids(cohort.population_ids),
             positions,
             _last_occurrence(positions) if stateful else None,
+            reported,
+            work,
         )
         reports = jax.tree.leaves(self._output_spec().report)
         needs_slots = self.algorithm.aggregator.stacked or bool(reports)
@@ -542,6 +554,9 @@ class FederatedProcess:
             raise NonFiniteServerUpdateError(
                 _nonfinite_message(self.name, round_num, state, np.asarray(flags), streak)
             )
+        if reported is not None:
+            host_metrics["num_unreported_clients"] = int(np.sum(~reported))
+            host_metrics["num_stragglers"] = int(np.sum(reported & (work < 1)))
         host_metrics["padding_fraction"] = float(plan.padding_fraction)
         host_metrics["runner"] = bound.name
         for hook in self.options.host_metrics:

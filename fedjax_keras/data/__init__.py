@@ -21,3 +21,4 @@ from ._partition import partition_shards as partition_shards
 from ._synthetic import cifar_like as cifar_like
 from ._synthetic import emnist_like as emnist_like
 from ._synthetic import synthetic_leaf as synthetic_leaf
+from ._unreliable import UnreliableClients as UnreliableClients
