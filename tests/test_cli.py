@@ -1,6 +1,7 @@
 """The fedjax-keras command: end to end, config files, every algorithm, user mistakes."""
 
 import csv
+import errno
 import json
 import os
 import subprocess
@@ -130,6 +131,23 @@ def _error_cases(tmp):
     not_leaf.write_text('{"hello": 1}')
     bad_key = tmp / "bad_key.yaml"
     bad_key.write_text("task: synthetic\nlearning_rate: 0.1\n")
+    duplicate = tmp / "duplicate.yaml"
+    duplicate.write_text("task: synthetic\nrounds: 3\ncohort-size: 2\nrounds: 5\n")
+    broken_yaml = tmp / "broken.yaml"
+    broken_yaml.write_text("task: synthetic\nrounds: 3\nalpha: [1, 2\nbeta: 1\n")
+    a_file = tmp / "a_file"
+    a_file.write_text("not a directory")
+    leaf_dir = tmp / "leaf"
+    leaf_dir.mkdir()
+    good_user = {"x": [[0.5, 0.25]], "y": [1]}
+    (leaf_dir / "0.json").write_text(
+        json.dumps({"users": ["u0"], "num_samples": [1], "user_data": {"u0": good_user}})
+    )
+    (leaf_dir / "1.json").write_text('{"users": ["u1"], "num_samples": [1], "user_data": {"u1"')
+    users_string = tmp / "users_string.json"
+    users_string.write_text(
+        json.dumps({"users": "abc", "num_samples": [1, 1, 1], "user_data": {"abc": good_user}})
+    )
     return {
         "missing task file": (
             ["--task-file", str(tmp / "nope.h5")],
@@ -169,6 +187,22 @@ def _error_cases(tmp):
             "--task",
             "keeps its settings",
         ),
+        "negative seed": (["--seed", "-1"], "--seed", ">= 0 and <= 4294967295"),
+        "seed above uint32": (["--seed", "4294967296"], "--seed", ">= 0 and <= 4294967295"),
+        "task seed above uint32": (["--task-seed", "4294967296"], "--task-seed", "4294967295"),
+        "int beyond int32": (["--batch-size", "99999999999999999999"], "--batch-size", "<="),
+        "non-finite learning rate": (["--client-lr", "inf"], "--client-lr", "finite"),
+        "non-finite alpha": (["--alpha", "nan"], "--alpha", "finite"),
+        "negative beta": (["--beta", "-1"], "--beta", ">= 0"),
+        "run dir below a file": (
+            ["--run-dir", str(a_file / "run")],
+            f"--run-dir: cannot create {str(a_file / 'run')!r}",
+            "writable directory",
+        ),
+        "duplicate YAML key": (["--config", str(duplicate)], "'rounds'", "line 4"),
+        "YAML syntax error": (["--config", str(broken_yaml)], str(broken_yaml), "line 4"),
+        "malformed LEAF JSON": (["--task-file", str(leaf_dir)], "1.json", "not valid JSON"),
+        "LEAF users as a string": (["--task-file", str(users_string)], "'users'", "a list"),
     }
 
 
@@ -191,6 +225,18 @@ ERROR_IDS = [
     "resume without run dir",
     "run dir taken",
     "resume changes a setting",
+    "negative seed",
+    "seed above uint32",
+    "task seed above uint32",
+    "int beyond int32",
+    "non-finite learning rate",
+    "non-finite alpha",
+    "negative beta",
+    "run dir below a file",
+    "duplicate YAML key",
+    "YAML syntax error",
+    "malformed LEAF JSON",
+    "LEAF users as a string",
 ]
 
 
@@ -209,6 +255,30 @@ def test_user_mistakes_get_one_line(tmp_path, capsys, bad_models, case):
     assert "Traceback" not in err
 
 
+def test_unwritable_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    parent = tmp_path / "read_only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    if os.access(parent, os.W_OK):  # root ignores the mode: refuse as the kernel would
+        real_makedirs = os.makedirs
+
+        def refuse(path, *args, **kwargs):
+            if str(path).startswith(str(parent)):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_makedirs(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "makedirs", refuse)
+    status = main([*TINY, "--run-dir", str(parent / "run")])
+    monkeypatch.undo()
+    parent.chmod(0o755)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line == (
+        f"fedjax-keras: error: --run-dir: cannot create {str(parent / 'run')!r} "
+        "(Permission denied); expected a writable directory with free space."
+    )
+
+
 def test_mistake_in_a_real_process_exits_nonzero_without_traceback():
     proc = _run("simulate", "--algorithm", "fedfoo")
     assert proc.returncode == 2
@@ -221,20 +291,27 @@ def test_mistake_in_a_real_process_exits_nonzero_without_traceback():
     assert proc.stderr.strip().splitlines() == [expected]
 
 
-def test_leaf_json_task_file(tmp_path):
+def test_leaf_json_task_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    users = [f"f_{i:05d}" for i in range(4)]
+    users = [f"f_{i:05d}" for i in range(5)]
     user_data = {
         u: {"x": rng.normal(size=(8, 5)).round(3).tolist(), "y": rng.integers(0, 3, 8).tolist()}
         for u in users
     }
     path = tmp_path / "train.json"
-    path.write_text(json.dumps({"users": users, "num_samples": [8] * 4, "user_data": user_data}))
+    # f_00004 has data but is missing from 'users': skipped, with a one-line warning.
+    blob = {"users": users[:4], "num_samples": [8] * 4, "user_data": user_data}
+    path.write_text(json.dumps(blob))
     run_dir = tmp_path / "run"
     args = ["simulate", "--task-file", str(path), "--rounds", "1", "--cohort-size", "2"]
     assert main([*args, "--no-progress", "--run-dir", str(run_dir)]) == 0
     (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert row["num_clients"] == 2 and row["num_examples"] > 0
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == (
+        f"fedjax-keras: warning: {path}: user 'f_00004' is in user_data but not in 'users'; "
+        "it is skipped (add it to 'users' and 'num_samples' to load it)."
+    )
 
 
 def test_every_flag_is_documented():
