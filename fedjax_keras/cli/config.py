@@ -32,6 +32,8 @@ ALGORITHMS = (
     "fedadagrad",
 )
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
+TASKS = ("emnist_like", "cifar_like", "synthetic")
+FILE_FORMATS = ("auto", "tff_h5", "leaf_json")
 # Seeds become JAX PRNG keys and numpy seeds: uint32.
 MAX_SEED = 2**32 - 1
 # Sizes and counts are int32 on the device.
@@ -130,7 +132,8 @@ def coerce(name: str, value, source: str):
     else:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
-    raise UsageError(f"{source}: {name} must be a {kind.__name__}; received {value!r}.")
+    expected = {bool: "true or false", int: "an int", float: "a number"}.get(kind, "a string")
+    raise UsageError(f"{source}: {name} must be {expected}; received {value!r}.")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -212,6 +215,21 @@ def resolve(base: dict, file_settings: dict, flag_settings: dict) -> Config:
 
 def validate(config: Config) -> None:
     """Raises UsageError for a value out of range or not among the choices."""
+    for name, value in to_dict(config).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise UsageError(
+                f"--{name.replace('_', '-')}: {value!r} holds a NUL character; expected a "
+                "name or path without one."
+            )
+    if config.task not in TASKS:
+        raise UsageError(
+            f"--task: unknown task {config.task!r}; expected one of {list(TASKS)} "
+            "(or --task-file PATH for a TFF .h5 file or LEAF .json data)."
+        )
+    if config.task_format not in FILE_FORMATS:
+        raise UsageError(
+            f"--task-format: expected one of {list(FILE_FORMATS)}; received {config.task_format!r}."
+        )
     if config.algorithm not in ALGORITHMS:
         raise UsageError(
             f"--algorithm: unknown algorithm {config.algorithm!r}; "

@@ -217,7 +217,8 @@ class RunDir:
             ax.set_xlabel("round")
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:  # no rounds logged: no curve to name
+                ax.legend()
         fig.suptitle(title)
         fig.tight_layout()
         tmp = self.plot_path + ".tmp.png"
