@@ -147,15 +147,17 @@ def test_no_checkpoint_restores_and_mismatch_is_not_skipped(tmp_path):
         save_state(tmp_path, _state(scale=r), r)
     _truncate_data(str(tmp_path / "4"))
     other = _state().replace(extra={"control": jnp.zeros(3)})
-    with pytest.warns(CheckpointSkippedWarning, match="round 4"):
-        with pytest.raises(CheckpointMismatchError, match="template"):
-            restore_newest(tmp_path, other)  # round 2 is whole but written by another process
+    with pytest.raises(CheckpointMismatchError, match="template"):
+        restore_newest(tmp_path, other)  # round 2 is whole but written by another process
     _delete_data(str(tmp_path / "2"))
-    with pytest.warns(CheckpointSkippedWarning):
-        with pytest.raises(
-            CorruptCheckpointError, match="No checkpoint .* restores.*round 4.*round 2"
-        ):
-            restore_newest(tmp_path, _state())
+    with pytest.raises(CorruptCheckpointError, match="No checkpoint .* restores.*round 4.*round 2"):
+        restore_newest(tmp_path, _state())
+    for r in (2, 4):  # without manifests, a mismatch everywhere is still a mismatch
+        shutil.rmtree(tmp_path / str(r))
+        save_state(tmp_path, _state(scale=r), r)
+        os.remove(tmp_path / str(r) / "fedjax_keras_manifest.json")
+    with pytest.raises(CheckpointMismatchError, match="template"):
+        restore_newest(tmp_path, other)
 
 
 def test_checkpoint_without_manifest_still_restores(tmp_path):
@@ -164,6 +166,18 @@ def test_checkpoint_without_manifest_still_restores(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _assert_bitwise(restore_state(tmp_path, _state()), _state(scale=3))
+
+
+def test_unverified_checkpoint_that_cannot_be_read_is_skipped(tmp_path):
+    for r in (2, 4):
+        save_state(tmp_path, _state(scale=r), r)
+    os.remove(tmp_path / "4" / "fedjax_keras_manifest.json")
+    _truncate_data(str(tmp_path / "4"))
+    # Cut, its JSON metadata no longer fits the template: an older checkpoint does.
+    with pytest.warns(CheckpointSkippedWarning, match=r"round 4 .* cannot be read .*round 2"):
+        state, round_num = restore_newest(tmp_path, _state())
+    assert round_num == 2
+    _assert_bitwise(state, _state(scale=2))
 
 
 def _fail_meta_write(monkeypatch, error):

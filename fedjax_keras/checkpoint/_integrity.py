@@ -13,8 +13,10 @@ stays a `CheckpointMismatchError`, since the older ones were written by the
 same process.
 
 A checkpoint without a manifest (written by an older version, or by a run
-killed between orbax's commit and the manifest) is read unverified; if reading
-it fails for another reason than a mismatch, it is skipped too.
+killed between orbax's commit and the manifest) is read unverified. If it
+cannot be read, it is skipped; if it does not fit the template, it is skipped
+only when an older checkpoint does fit (a cut file can look like another
+model's, but one run writes one model), else the mismatch is raised.
 
 A full disk while saving (``ENOSPC`` from Python, or tensorstore's
 ``RESOURCE_EXHAUSTED ... No space left on device``) removes the partial step
@@ -135,8 +137,8 @@ def save_state(directory, state, round_num: int, *, max_to_keep: int | None = No
 def restore_newest(directory, template_state) -> tuple:
     """The newest checkpoint under ``directory`` that restores, and its round.
 
-    Checkpoints are tried newest first; each corrupt one is skipped with a
-    `CheckpointSkippedWarning` naming the round and the reason.
+    Checkpoints are tried newest first. Once one restores, a
+    `CheckpointSkippedWarning` names each newer one skipped and why.
 
     Args:
       directory: the folder given to `save_state`.
@@ -147,25 +149,33 @@ def restore_newest(directory, template_state) -> tuple:
 
     Raises:
       FileNotFoundError: no checkpoint under ``directory``.
-      CheckpointMismatchError: the newest whole checkpoint does not fit the template.
+      CheckpointMismatchError: the newest whole checkpoint does not fit the
+        template (or, without manifests, none does).
       CorruptCheckpointError: no checkpoint restores (the message lists why, per round).
     """
     steps = _steps(directory)
     if not steps:
         raise FileNotFoundError(f"No checkpoint under {os.fspath(directory)!r}.")
-    reasons = []
+    skipped = []
     for step in steps:
         try:
-            return _restore_verified(directory, template_state, step), step
+            state = _restore_step(directory, template_state, step, explicit=False)
         except CorruptCheckpointError as error:
-            reasons.append(str(error))
+            skipped.append(error)
+            continue
+        for error in skipped:
             warnings.warn(
-                f"{error} Skipped it; trying the next older checkpoint.",
+                f"{error} Skipped it; restored round {step} instead.",
                 CheckpointSkippedWarning,
                 stacklevel=2,
             )
+        return state, step
+    mismatches = [e.__cause__ for e in skipped if isinstance(e.__cause__, CheckpointMismatchError)]
+    if len(mismatches) == len(skipped):  # none fits: another process wrote them all
+        raise mismatches[0]
     raise CorruptCheckpointError(
-        f"No checkpoint under {os.fspath(directory)!r} restores: {' '.join(reasons)}"
+        f"No checkpoint under {os.fspath(directory)!r} restores: "
+        + " ".join(str(error) for error in skipped)
     )
 
 
@@ -191,19 +201,31 @@ def restore_state(directory, template_state, round_num: int | None = None):
     """
     if round_num is None:
         return restore_newest(directory, template_state)[0]
-    return _restore_verified(directory, template_state, int(round_num))
+    return _restore_step(directory, template_state, int(round_num), explicit=True)
 
 
-def _restore_verified(directory, template_state, step: int):
+def _restore_step(directory, template_state, step: int, *, explicit: bool):
+    """One checkpoint, verified when it has a manifest.
+
+    A checkpoint without a manifest that does not fit the template may be cut
+    as well as foreign: when falling back (not ``explicit``), it is treated as
+    corrupt, and `restore_newest` re-raises the mismatch if no older
+    checkpoint fits either.
+    """
     where = f"The checkpoint of round {step} in {os.fspath(directory)!r}"
-    _verify(os.path.join(os.fspath(directory), str(step)), where)
+    verified = _verify(os.path.join(os.fspath(directory), str(step)), where)
     try:
         with _quiet_orbax():
             return _orbax.restore_state(directory, template_state, step)
-    except (CheckpointMismatchError, FileNotFoundError):
+    except CheckpointMismatchError as error:
+        if verified or explicit:
+            raise
+        raise CorruptCheckpointError(f"{where} cannot be read ({error})") from error
+    except FileNotFoundError:
         raise
     except Exception as error:  # noqa: BLE001 (whatever orbax raises, the files do not read)
-        first = (str(error).strip().splitlines() or [""])[0][:300]
+        first = (str(error).strip().splitlines() or [""])[0]
+        first = first.split(" See full TensorStore details")[0][:300]  # a repr follows
         raise CorruptCheckpointError(
             f"{where} cannot be read ({type(error).__name__}: {first})."
         ) from error
