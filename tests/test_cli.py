@@ -207,6 +207,13 @@ def _error_cases(tmp):
         json.dumps({"users": ["u0"], "num_samples": [1], "user_data": {"u0": good_user}})
     )
     (leaf_dir / "1.json").write_text('{"users": ["u1"], "num_samples": [1], "user_data": {"u1"')
+    import h5py
+
+    ragged = tmp / "ragged.h5"
+    with h5py.File(ragged, "w") as f:
+        for client, width in (("f0000_1", 28), ("f0001_2", 27)):
+            f[f"examples/{client}/pixels"] = np.zeros((3, 28, width), np.float32)
+            f[f"examples/{client}/label"] = np.zeros(3, np.int32)
     users_string = tmp / "users_string.json"
     users_string.write_text(
         json.dumps({"users": "abc", "num_samples": [1, 1, 1], "user_data": {"abc": good_user}})
@@ -266,6 +273,11 @@ def _error_cases(tmp):
         "YAML syntax error": (["--config", str(broken_yaml)], str(broken_yaml), "line 4"),
         "malformed LEAF JSON": (["--task-file", str(leaf_dir)], "1.json", "not valid JSON"),
         "LEAF users as a string": (["--task-file", str(users_string)], "'users'", "a list"),
+        "ragged HDF5 client": (
+            ["--task-file", str(ragged)],
+            f"{ragged}: client 'f0001_2'",
+            "pixels of shape [3, 28, 27]",
+        ),
     }
 
 
@@ -300,6 +312,7 @@ ERROR_IDS = [
     "YAML syntax error",
     "malformed LEAF JSON",
     "LEAF users as a string",
+    "ragged HDF5 client",
 ]
 
 
