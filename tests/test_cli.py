@@ -1,6 +1,7 @@
 """The fedjax-keras command: end to end, config files, every algorithm, user mistakes."""
 
 import csv
+import errno
 import json
 import os
 import subprocess
@@ -8,14 +9,20 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
+import optax
 import pytest
 import yaml
 
 import fedjax_keras  # noqa: F401 (JAX backend before keras)
+from fedjax_keras import algorithms, checkpoint
+from fedjax_keras.cli import config as config_lib
 from fedjax_keras.cli import main
 from fedjax_keras.cli.config import ALGORITHMS
+from fedjax_keras.cli.experiment import build_model
 from fedjax_keras.cli.main import build_parser
+from fedjax_keras.cli.tasks import load_task
 
 TINY = [
     "simulate",
@@ -91,13 +98,70 @@ def test_config_file_and_flags_override_it(tmp_path, suffix, capsys):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-# fedavg runs in the end-to-end test, fedprox in the config-file tests.
-@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a not in ("fedavg", "fedprox")])
-def test_every_algorithm_runs_a_round(tmp_path, algorithm):
+def _documented_process(algorithm, model, population_size):
+    """The process docs/cli.md promises for ``--algorithm`` with default rates, from the
+    public builders: client SGD 0.05 (the synthetic task's default), server rates 1.0
+    (SGD), 0.1 (fedsgd, fedadagrad), 0.01 (fedadam, fedyogi)."""
+    engine = {"batch_size": 20, "epochs": 1, "runner": "vmap"}
+    client, server = optax.sgd(0.05), optax.sgd(1.0)
+    adaptive = {  # Reddi et al. 2021: b1 0.9, b2 0.99, epsilon (tau) 1e-3
+        "fedadam": optax.adam(0.01, b1=0.9, b2=0.99, eps=1e-3),
+        "fedyogi": optax.yogi(0.01, b1=0.9, b2=0.99, eps=1e-3),
+        "fedadagrad": optax.adagrad(0.1, eps=1e-3),
+    }
+    if algorithm in adaptive:
+        return algorithms.build_weighted_fed_avg(model, client, adaptive[algorithm], **engine)
+    if algorithm == "fedavg":
+        return algorithms.build_weighted_fed_avg(model, client, server, **engine)
+    if algorithm == "fedavg_unweighted":
+        return algorithms.build_unweighted_fed_avg(model, client, server, **engine)
+    if algorithm == "fedprox":
+        return algorithms.build_fed_prox(model, client, server, mu=0.01, **engine)
+    if algorithm == "fedsgd":
+        return algorithms.build_fed_sgd(model, optax.sgd(0.1), **engine)
+    assert algorithm == "scaffold"
+    return algorithms.build_scaffold(model, 0.05, server, population_size=population_size, **engine)
+
+
+def _state_leaves(state):
+    """The state's arrays, the client-state store's rows included."""
+    leaves = jax.tree.leaves(state)
+    store = state.client_states
+    if store is not None and hasattr(store, "client_ids"):
+        leaves += jax.tree.leaves(store.gather(store.client_ids))
+    return [np.asarray(leaf) for leaf in leaves]
+
+
+# fedprox also runs in the config-file tests, fedavg in the end-to-end test.
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_algorithm_first_round_matches_the_documented_builder(tmp_path, algorithm):
     run_dir = tmp_path / algorithm
-    assert main([*TINY, "--algorithm", algorithm, "--rounds", "1", "--run-dir", str(run_dir)]) == 0
+    args = [*TINY, "--algorithm", algorithm, "--rounds", "1", "--runner", "vmap"]
+    assert main([*args, "--run-dir", str(run_dir)]) == 0
     (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert row["num_clients"] == 3 and row["eval_accuracy"] is not None
+
+    # The same round in Python: the CLI's task and model, the documented algorithm.
+    config = config_lib.resolve(config_lib.read_config_file(str(run_dir / "config.yaml")), {}, {})
+    task = load_task(config)
+    process = _documented_process(
+        algorithm, build_model(config, task), population_size=task.train.num_clients
+    )
+    initial = process.initialize(config.seed)
+    cohort = task.train.sample_clients(config.cohort_size, seed=[config.seed, 0])
+    expected = process.next(initial, cohort)
+    cli_state = checkpoint.restore_state(run_dir / "checkpoints", initial, round_num=1)
+
+    assert row["train_loss"] == pytest.approx(expected.metrics["loss"], rel=1e-6)
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(initial.model), jax.tree.leaves(expected.state.model))
+    ]
+    assert any(moved), "the round left the weights unchanged: nothing is compared"
+    got, want = _state_leaves(cli_state), _state_leaves(expected.state)
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=f"state array {i}")
 
 
 BAD_MODEL = textwrap.dedent(
@@ -130,6 +194,30 @@ def _error_cases(tmp):
     not_leaf.write_text('{"hello": 1}')
     bad_key = tmp / "bad_key.yaml"
     bad_key.write_text("task: synthetic\nlearning_rate: 0.1\n")
+    duplicate = tmp / "duplicate.yaml"
+    duplicate.write_text("task: synthetic\nrounds: 3\ncohort-size: 2\nrounds: 5\n")
+    broken_yaml = tmp / "broken.yaml"
+    broken_yaml.write_text("task: synthetic\nrounds: 3\nalpha: [1, 2\nbeta: 1\n")
+    a_file = tmp / "a_file"
+    a_file.write_text("not a directory")
+    leaf_dir = tmp / "leaf"
+    leaf_dir.mkdir()
+    good_user = {"x": [[0.5, 0.25]], "y": [1]}
+    (leaf_dir / "0.json").write_text(
+        json.dumps({"users": ["u0"], "num_samples": [1], "user_data": {"u0": good_user}})
+    )
+    (leaf_dir / "1.json").write_text('{"users": ["u1"], "num_samples": [1], "user_data": {"u1"')
+    import h5py
+
+    ragged = tmp / "ragged.h5"
+    with h5py.File(ragged, "w") as f:
+        for client, width in (("f0000_1", 28), ("f0001_2", 27)):
+            f[f"examples/{client}/pixels"] = np.zeros((3, 28, width), np.float32)
+            f[f"examples/{client}/label"] = np.zeros(3, np.int32)
+    users_string = tmp / "users_string.json"
+    users_string.write_text(
+        json.dumps({"users": "abc", "num_samples": [1, 1, 1], "user_data": {"abc": good_user}})
+    )
     return {
         "missing task file": (
             ["--task-file", str(tmp / "nope.h5")],
@@ -169,6 +257,27 @@ def _error_cases(tmp):
             "--task",
             "keeps its settings",
         ),
+        "negative seed": (["--seed", "-1"], "--seed", ">= 0 and <= 4294967295"),
+        "seed above uint32": (["--seed", "4294967296"], "--seed", ">= 0 and <= 4294967295"),
+        "task seed above uint32": (["--task-seed", "4294967296"], "--task-seed", "4294967295"),
+        "int beyond int32": (["--batch-size", "99999999999999999999"], "--batch-size", "<="),
+        "non-finite learning rate": (["--client-lr", "inf"], "--client-lr", "finite"),
+        "non-finite alpha": (["--alpha", "nan"], "--alpha", "finite"),
+        "negative beta": (["--beta", "-1"], "--beta", ">= 0"),
+        "run dir below a file": (
+            ["--run-dir", str(a_file / "run")],
+            f"--run-dir: cannot create {str(a_file / 'run')!r}",
+            "writable directory",
+        ),
+        "duplicate YAML key": (["--config", str(duplicate)], "'rounds'", "line 4"),
+        "YAML syntax error": (["--config", str(broken_yaml)], str(broken_yaml), "line 4"),
+        "malformed LEAF JSON": (["--task-file", str(leaf_dir)], "1.json", "not valid JSON"),
+        "LEAF users as a string": (["--task-file", str(users_string)], "'users'", "a list"),
+        "ragged HDF5 client": (
+            ["--task-file", str(ragged)],
+            f"{ragged}: client 'f0001_2'",
+            "pixels of shape [3, 28, 27]",
+        ),
     }
 
 
@@ -191,6 +300,19 @@ ERROR_IDS = [
     "resume without run dir",
     "run dir taken",
     "resume changes a setting",
+    "negative seed",
+    "seed above uint32",
+    "task seed above uint32",
+    "int beyond int32",
+    "non-finite learning rate",
+    "non-finite alpha",
+    "negative beta",
+    "run dir below a file",
+    "duplicate YAML key",
+    "YAML syntax error",
+    "malformed LEAF JSON",
+    "LEAF users as a string",
+    "ragged HDF5 client",
 ]
 
 
@@ -209,6 +331,30 @@ def test_user_mistakes_get_one_line(tmp_path, capsys, bad_models, case):
     assert "Traceback" not in err
 
 
+def test_unwritable_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    parent = tmp_path / "read_only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    if os.access(parent, os.W_OK):  # root ignores the mode: refuse as the kernel would
+        real_makedirs = os.makedirs
+
+        def refuse(path, *args, **kwargs):
+            if str(path).startswith(str(parent)):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_makedirs(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "makedirs", refuse)
+    status = main([*TINY, "--run-dir", str(parent / "run")])
+    monkeypatch.undo()
+    parent.chmod(0o755)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line == (
+        f"fedjax-keras: error: --run-dir: cannot create {str(parent / 'run')!r} "
+        "(Permission denied); expected a writable directory with free space."
+    )
+
+
 def test_mistake_in_a_real_process_exits_nonzero_without_traceback():
     proc = _run("simulate", "--algorithm", "fedfoo")
     assert proc.returncode == 2
@@ -221,20 +367,27 @@ def test_mistake_in_a_real_process_exits_nonzero_without_traceback():
     assert proc.stderr.strip().splitlines() == [expected]
 
 
-def test_leaf_json_task_file(tmp_path):
+def test_leaf_json_task_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    users = [f"f_{i:05d}" for i in range(4)]
+    users = [f"f_{i:05d}" for i in range(5)]
     user_data = {
         u: {"x": rng.normal(size=(8, 5)).round(3).tolist(), "y": rng.integers(0, 3, 8).tolist()}
         for u in users
     }
     path = tmp_path / "train.json"
-    path.write_text(json.dumps({"users": users, "num_samples": [8] * 4, "user_data": user_data}))
+    # f_00004 has data but is missing from 'users': skipped, with a one-line warning.
+    blob = {"users": users[:4], "num_samples": [8] * 4, "user_data": user_data}
+    path.write_text(json.dumps(blob))
     run_dir = tmp_path / "run"
     args = ["simulate", "--task-file", str(path), "--rounds", "1", "--cohort-size", "2"]
     assert main([*args, "--no-progress", "--run-dir", str(run_dir)]) == 0
     (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert row["num_clients"] == 2 and row["num_examples"] > 0
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == (
+        f"fedjax-keras: warning: {path}: user 'f_00004' is in user_data but not in 'users'; "
+        "it is skipped (add it to 'users' and 'num_samples' to load it)."
+    )
 
 
 def test_every_flag_is_documented():

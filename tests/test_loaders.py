@@ -283,3 +283,105 @@ def test_preprocess_hooks_name_missing_features():
         emnist_preprocess({"pixels": np.zeros((1, 28, 28))})
     with pytest.raises(KeyError, match="'snippets'"):
         shakespeare_preprocess({"text": np.array([b"a"])})
+
+
+# ----------------------------------------------------------------------------- malformed files
+
+
+def test_leaf_malformed_json_names_the_file(tmp_path):
+    (tmp_path / "0.json").write_text(json.dumps(_leaf_blob(_femnist_users("a", 1, seed=0))))
+    (tmp_path / "1.json").write_text('{"users": ["b"], "num_samples": [1], "user_data": {"b"')
+    with pytest.raises(json.JSONDecodeError, match=r"1\.json is not valid JSON .*line 1"):
+        load_leaf_json(tmp_path)
+    (tmp_path / "1.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"1\.json is not UTF-8 text"):
+        load_leaf_json(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"users": "u_0"}, r"'users' must be a list of user ids; received a string: 'u_0'"),
+        ({"num_samples": 1}, r"'num_samples' must be a list of ints >= 0; received an int: 1"),
+        ({"num_samples": ["1"]}, r"'num_samples' must be a list of ints >= 0"),
+        ({"user_data": []}, r"'user_data' must map user ids to their data; received a list"),
+        ({"users": [["u_0"]]}, r"user id \['u_0'\] is a list; expected a string"),
+        ({"user_data": {"u_0": [1, 2]}}, r"user_data\['u_0'\] must be .*; received a list"),
+        ({"user_data": {"u_0": {"x": 3, "y": [1]}}}, r"user_data\['u_0'\]\['x'\] must be a list"),
+    ],
+)
+def test_leaf_malformed_structure_names_file_and_user(tmp_path, change, expected):
+    blob = {**_leaf_blob(_femnist_users("u", 1, seed=0)), **change}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match=r"bad\.json: " + expected):
+        load_leaf_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"bad\.json holds a list; expected a LEAF object"):
+        load_leaf_json(path)
+
+
+def test_leaf_user_missing_from_users_is_skipped_with_a_warning(tmp_path):
+    users = _femnist_users("u", 2, seed=0)
+    blob = _leaf_blob({"u_0": users["u_0"]})
+    blob["user_data"]["u_1"] = users["u_1"]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(blob))
+    with pytest.warns(
+        UserWarning,
+        match=r"train\.json: user 'u_1' is in user_data but not in "
+        r"'users'; it is skipped",
+    ):
+        data = load_leaf_json(path)
+    assert list(data.client_ids) == ["u_0"]
+
+
+def test_tff_h5_ragged_clients_name_file_and_client(tmp_path):
+    clients = _emnist_clients(3)
+    clients["f0001_1"]["pixels"] = clients["f0001_1"]["pixels"][:, :, :27]
+    path = _write_tff_h5(tmp_path / "ragged.h5", clients)
+    with pytest.raises(
+        ValueError, match=r"ragged\.h5: client 'f0001_1': .*\[3, 28, 27\]; expected \[n, 28, 28\]"
+    ):
+        load_tff_h5(path, preprocess=emnist_preprocess)
+    with pytest.raises(ValueError, match=r"ragged\.h5: .*'f0001_1'"):
+        load_tff_h5(path)  # raw arrays: the per-example shapes differ
+    clients = _emnist_clients(3)
+    clients["f0002_2"]["label"] = clients["f0002_2"]["label"][:-1]
+    path = _write_tff_h5(tmp_path / "short_labels.h5", clients)
+    with pytest.raises(
+        ValueError, match=r"short_labels\.h5: client 'f0002_2': .*4 images but 3 labels"
+    ):
+        load_tff_h5(path, preprocess=emnist_preprocess)
+
+
+def test_emnist_preprocess_scales_uint8_pixels_like_tff_floats(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    clients = {
+        "bytes": {"pixels": raw, "label": np.arange(4, dtype=np.int32)},
+        "floats": {"pixels": raw.astype(np.float32) / 255, "label": np.arange(4, dtype=np.int32)},
+    }
+    data = load_tff_h5(_write_tff_h5(tmp_path / "mixed.h5", clients), preprocess=emnist_preprocess)
+    x_bytes, _ = _client_arrays(data, 0)
+    x_floats, _ = _client_arrays(data, 1)
+    assert x_bytes.dtype == np.float32 and x_bytes.max() <= 1.0
+    np.testing.assert_allclose(x_bytes, x_floats, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "pixels, expected",
+    [
+        (np.full((1, 28, 28), 200, np.int64), r"int64 pixels are ambiguous"),
+        (np.full((1, 28, 28), 200.0, np.float32), r"float pixels must lie in \[0, 1\]"),
+        (
+            np.zeros((1, 28, 27), np.float32),
+            r"pixels of shape \[1, 28, 27\]; expected \[n, 28, 28\]",
+        ),
+    ],
+)
+def test_emnist_preprocess_refuses_pixels_it_cannot_scale(pixels, expected):
+    with pytest.raises(ValueError, match=expected):
+        emnist_preprocess({"pixels": pixels, "label": np.zeros(1, np.int32)})
+    flat = emnist_preprocess({"pixels": np.zeros((1, 784), np.uint8), "label": np.zeros(1)})
+    assert flat["x"].shape == (1, 28, 28, 1)  # LEAF FEMNIST's flat rows are accepted

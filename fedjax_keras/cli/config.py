@@ -4,10 +4,16 @@ Precedence, lowest first: the defaults below, a ``--config`` file (YAML or
 TOML, flat keys named like the flags with ``_`` or ``-``), then the flags
 given on the command line. With ``--resume``, the run directory's saved
 ``config.yaml`` takes the place of the defaults.
+
+A config file that names a key twice is refused (YAML would keep the last
+value silently; TOML refuses it too), and every error names the file and the
+line where the parser stopped.
 """
 
 import dataclasses
+import math
 import os
+import re
 import typing
 
 import tomllib
@@ -18,6 +24,12 @@ from fedjax_keras.cli._errors import UsageError
 
 ALGORITHMS = algorithm_names()
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
+TASKS = ("emnist_like", "cifar_like", "synthetic")
+FILE_FORMATS = ("auto", "tff_h5", "leaf_json")
+# Seeds become JAX PRNG keys and numpy seeds: uint32.
+MAX_SEED = 2**32 - 1
+# Sizes and counts are int32 on the device.
+MAX_INT = 2**31 - 1
 
 
 @dataclasses.dataclass
@@ -101,40 +113,80 @@ def coerce(name: str, value, source: str):
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             return int(value)
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except (ValueError, OverflowError):
+                pass
     else:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
-    raise UsageError(f"{source}: {name} must be a {kind.__name__}; received {value!r}.")
+    expected = {bool: "true or false", int: "an int", float: "a number"}.get(kind, "a string")
+    raise UsageError(f"{source}: {name} must be {expected}; received {value!r}.")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {first} and "
+                    f"{key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_error(path: str, error: Exception) -> str:
+    """One line: what the YAML/TOML parser found wrong, and at which line."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        problem = error.problem or error.context or "invalid YAML"
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+        return f"{path} is not valid YAML at {where}: {problem}"
+    if isinstance(error, tomllib.TOMLDecodeError):
+        return f"{path} is not valid TOML: {str(error).strip().splitlines()[0]}"
+    return f"{path} is not valid YAML: {str(error).strip().splitlines()[0]}"
 
 
 def read_config_file(path: str) -> dict:
-    """The settings of a YAML (.yaml/.yml) or TOML (.toml) file, keys normalised to ``a_b``."""
+    """The settings of a YAML (.yaml/.yml) or TOML (.toml) file, keys normalised to ``a_b``.
+
+    Raises:
+      UsageError: the file is missing, unreadable, not valid YAML/TOML (the
+        message gives the line), names a key twice, or holds an unknown key or
+        a value of the wrong type.
+    """
     if not os.path.isfile(path):
         raise UsageError(f"--config: {path!r} does not exist; expected a .yaml or .toml file.")
+    if not path.endswith((".toml", ".yaml", ".yml")):
+        raise UsageError(f"--config: {path!r} must end in .yaml, .yml or .toml.")
     try:
         if path.endswith(".toml"):
             with open(path, "rb") as f:
                 raw = tomllib.load(f)
-        elif path.endswith((".yaml", ".yml")):
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
         else:
-            raise UsageError(f"--config: {path!r} must end in .yaml, .yml or .toml.")
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+            raw = {} if raw is None else raw
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise UsageError(
-            f"--config: {path} is not valid {'TOML' if path.endswith('.toml') else 'YAML'} "
-            f"({first})."
-        ) from None
+        raise UsageError(f"--config: {_parse_error(path, error)}.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise UsageError(f"--config: cannot read {path!r} ({reason}).") from None
     if not isinstance(raw, dict):
         raise UsageError(
             f"--config: {path} must hold a mapping of settings; received {type(raw).__name__}."
@@ -155,6 +207,21 @@ def resolve(base: dict, file_settings: dict, flag_settings: dict) -> Config:
 
 def validate(config: Config) -> None:
     """Raises UsageError for a value out of range or not among the choices."""
+    for name, value in to_dict(config).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise UsageError(
+                f"--{name.replace('_', '-')}: {value!r} holds a NUL character; expected a "
+                "name or path without one."
+            )
+    if config.task not in TASKS:
+        raise UsageError(
+            f"--task: unknown task {config.task!r}; expected one of {list(TASKS)} "
+            "(or --task-file PATH for a TFF .h5 file or LEAF .json data)."
+        )
+    if config.task_format not in FILE_FORMATS:
+        raise UsageError(
+            f"--task-format: expected one of {list(FILE_FORMATS)}; received {config.task_format!r}."
+        )
     if config.algorithm not in algorithm_names():
         raise UsageError(
             f"--algorithm: unknown algorithm {config.algorithm!r}; "
@@ -163,7 +230,7 @@ def validate(config: Config) -> None:
     if config.runner not in RUNNERS:
         raise UsageError(f"--runner: expected one of {list(RUNNERS)}; received {config.runner!r}.")
     if config.chunk_size not in ("auto", "none") and not (
-        config.chunk_size.isdigit() and int(config.chunk_size) > 0
+        re.fullmatch("[0-9]+", config.chunk_size) and 0 < int(config.chunk_size) <= MAX_INT
     ):
         raise UsageError(
             "--chunk-size: expected a positive int, 'auto' or 'none'; "
@@ -179,26 +246,35 @@ def validate(config: Config) -> None:
         "checkpoint_every",
         "keep_checkpoints",
     ):
-        value = getattr(config, name)
-        if value < 1:
-            raise UsageError(
-                f"--{name.replace('_', '-')}: expected an int >= 1; received {value!r}."
-            )
-    if config.rounds < 0:
-        raise UsageError(f"--rounds: expected an int >= 0; received {config.rounds!r}.")
-    if config.num_classes is not None and config.num_classes < 2:
-        raise UsageError(f"--num-classes: expected an int >= 2; received {config.num_classes!r}.")
+        _check_int(name, getattr(config, name), 1, MAX_INT)
+    _check_int("rounds", config.rounds, 0, MAX_INT)
+    _check_int("seed", config.seed, 0, MAX_SEED)
+    _check_int("task_seed", config.task_seed, 0, MAX_SEED)
+    if config.num_classes is not None:
+        _check_int("num_classes", config.num_classes, 2, MAX_INT)
     for name in ("client_lr", "server_lr"):
         value = getattr(config, name)
-        if value is not None and not value > 0:
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(
-                f"--{name.replace('_', '-')}: expected a number > 0; received {value!r}."
+                f"--{name.replace('_', '-')}: expected a finite number > 0; received {value!r}."
             )
-    if not config.mu >= 0:
-        raise UsageError(f"--mu: expected a number >= 0; received {config.mu!r}.")
+    for name in ("mu", "alpha", "beta"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(
+                f"--{name.replace('_', '-')}: expected a finite number >= 0; received {value!r}."
+            )
     if not 0 < config.test_fraction < 1:
         raise UsageError(
             f"--test-fraction: expected a number in (0, 1); received {config.test_fraction!r}."
+        )
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise UsageError(
+            f"--{name.replace('_', '-')}: expected an int >= {low} and <= {high}; "
+            f"received {value!r}."
         )
 
 

@@ -1,7 +1,9 @@
 """``fedjax-keras simulate``: run a whole federated experiment from flags or a config file.
 
 ``main`` turns every user mistake (a `UsageError`) into one line on stderr and
-exit status 2; a bug still shows its traceback. The round loop samples the
+exit status 2, and every warning into one line; a bug still shows its
+traceback. Ctrl-C stops the run after the round under way and its checkpoint,
+with status 130 (see `fedjax_keras.cli.interrupt`). The round loop samples the
 cohort of round ``r`` with seed ``(seed, r)`` and takes every other random
 choice from the state (seed and round counter), so a run resumed from a
 checkpoint repeats the uninterrupted run bit for bit.
@@ -14,9 +16,11 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 from fedjax_keras.cli import config as config_lib
 from fedjax_keras.cli._errors import UsageError
+from fedjax_keras.cli.interrupt import StopRequest, resume_command
 
 HELP = {
     "task": "built-in task: emnist_like, cifar_like or synthetic (LEAF Synthetic(alpha, beta))",
@@ -144,17 +148,27 @@ def _resolve(argv):
 
 
 def simulate(config, resume: bool) -> int:
-    """Runs (or resumes) the experiment of ``config``; returns the exit status."""
+    """Runs (or resumes) the experiment of ``config``; returns the exit status.
+
+    0 when every round ran; 130 when Ctrl-C stopped it (after the round under
+    way and its checkpoint). A checkpoint that cannot be written for lack of
+    space, or a run directory that cannot be written, is a `UsageError`.
+    """
     import fedjax_keras  # noqa: F401 (selects the JAX backend before keras loads)
-    from fedjax_keras import checkpoint
-    from fedjax_keras.algorithms import build_fed_eval
-    from fedjax_keras.cli.experiment import build_model, build_process, eval_population
-    from fedjax_keras.cli.progress import RoundProgress, print_summary
     from fedjax_keras.cli.run_dir import RunDir
-    from fedjax_keras.cli.tasks import load_task
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     run = RunDir.open_existing(config.run_dir) if resume else RunDir.create(config.run_dir)
+    with StopRequest(run.path) as stop:
+        return _run(config, resume, run, stop)
+
+
+def _run(config, resume: bool, run, stop: StopRequest) -> int:
+    from fedjax_keras.algorithms import build_fed_eval
+    from fedjax_keras.cli.experiment import build_model, build_process, eval_population
+    from fedjax_keras.cli.progress import RoundProgress, print_summary
+    from fedjax_keras.cli.tasks import load_task
+
     task = load_task(config)
     if config.client_lr is None:
         config.client_lr = task.default_client_lr
@@ -170,19 +184,17 @@ def simulate(config, resume: bool) -> int:
             "(every client is too small); evaluation is skipped.",
             file=sys.stderr,
         )
-    config_lib.write_yaml(config, run.config_path)
+    run.write_config(config)
 
     state = process.initialize(config.seed)
-    start = checkpoint.latest_round(run.checkpoints) if resume else None
-    if start is not None:
-        try:
-            state = checkpoint.restore_state(run.checkpoints, state, start)
-        except checkpoint.CheckpointMismatchError as error:
-            raise UsageError(f"--resume: {error}") from None
-    start = start or 0
+    start = 0
+    if resume:
+        state, start = _restore(run, state)
     run.load_rows(start)
     if resume:
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
+    if stop.requested:
+        return _interrupted(run, f"before round {start + 1}")
     kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
     title = f"{config.algorithm} on {task.name}, model {config.model or task.default_model}"
     began = time.perf_counter()
@@ -198,7 +210,7 @@ def simulate(config, resume: bool) -> int:
                 # 'auto' / 'timed' may choose by measuring; the runners agree to 1e-5,
                 # not bit for bit, so record the choice: --resume must repeat it exactly.
                 config.runner = process.mode
-                config_lib.write_yaml(config, run.config_path)
+                run.write_config(config)
             seconds = time.perf_counter() - tic
             done = round_num + 1
             row = {
@@ -221,36 +233,115 @@ def simulate(config, resume: bool) -> int:
             row["elapsed_seconds"] = elapsed_before + time.perf_counter() - began
             run.append(row)
             progress.update(row)
-            if done % config.checkpoint_every == 0 or done == config.rounds:
-                checkpoint.save_state(
-                    run.checkpoints, state, done, max_to_keep=config.keep_checkpoints
-                )
+            # On Ctrl-C, checkpoint the round just finished, so --resume loses nothing.
+            if done % config.checkpoint_every == 0 or done == config.rounds or stop.requested:
+                _save(run, state, done, config.keep_checkpoints)
             if kill_after is not None and done == int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)
-    except KeyboardInterrupt:
+            if stop.requested:
+                progress.stop()
+                return _interrupted(run, f"after round {done} (checkpoint saved)")
+    except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
         progress.stop()
-        print(
-            "fedjax-keras: interrupted; continue with: "
-            f"fedjax-keras simulate --run-dir {run.path} --resume",
-            file=sys.stderr,
-        )
-        return 130
-    progress.stop()
+        return _interrupted(run, "")
+    finally:
+        progress.stop()
     run.plot(title)
     print_summary(run.rows, run.path, time.perf_counter() - began, title)
+    if stop.requested:  # Ctrl-C during the plot or the summary: the rounds are all done
+        return _interrupted(run, f"after the last round ({config.rounds}, checkpoint saved)")
     return 0
 
 
-def main(argv=None) -> int:
-    """The ``fedjax-keras`` entry point; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
+def _restore(run, template):
+    """The newest checkpoint of ``run`` that restores, and its round; (template, 0) if none.
+
+    Corrupt newer checkpoints are skipped (each with a one-line warning) and
+    moved to ``<run>/corrupt_checkpoints/``, so the resumed run can write those
+    rounds again.
+    """
+    from fedjax_keras import checkpoint
+
+    if checkpoint.latest_round(run.checkpoints) is None:
+        return template, 0
     try:
-        config, resume = _resolve(argv)
-        return simulate(config, resume)
-    except UsageError as error:
-        message = " ".join(str(error).split())
-        print(f"fedjax-keras: error: {message}", file=sys.stderr)
-        return 2
+        state, start = checkpoint.restore_newest(run.checkpoints, template)
+    except checkpoint.CheckpointMismatchError as error:
+        raise UsageError(f"--resume: {error}") from None
+    except checkpoint.CorruptCheckpointError as error:
+        raise UsageError(
+            f"--resume: {error} Move {run.checkpoints} away to start the run over."
+        ) from None
+    moved = run.set_aside_checkpoints_after(start)
+    if moved:
+        print(
+            f"fedjax-keras: note: moved the skipped checkpoints to {moved}.",
+            file=sys.stderr,
+        )
+    return state, start
+
+
+def _save(run, state, done: int, keep: int) -> None:
+    from fedjax_keras import checkpoint
+    from fedjax_keras.cli.run_dir import format_bytes
+
+    try:
+        checkpoint.save_state(run.checkpoints, state, done, max_to_keep=keep)
+    except checkpoint.CheckpointDiskFullError as error:
+        kept = checkpoint.latest_round(run.checkpoints)
+        intact = f"the checkpoint of round {kept} is intact" if kept else "no checkpoint is kept"
+        raise UsageError(
+            f"--run-dir: no space left for the checkpoint of round {done} in {error.directory}: "
+            f"it needs about {format_bytes(error.needed_bytes)} free, "
+            f"{format_bytes(error.free_bytes)} are free; {intact}. Free some space, then "
+            f"continue with: {resume_command(run.path)}"
+        ) from None
+
+
+def _interrupted(run, when: str) -> int:
+    print(
+        f"fedjax-keras: interrupted{' ' + when if when else ''}; continue with: "
+        f"{resume_command(run.path)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like the errors."""
+    text = " ".join(str(message).split())
+    print(f"fedjax-keras: warning: {text}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """The ``fedjax-keras`` entry point; returns the exit status.
+
+    A `UsageError` (and running out of host memory, which a too-large task or
+    batch causes) prints one line and exits 2; Ctrl-C exits 130 with the
+    command that resumes the run; a bug still shows its traceback.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            config, resume = _resolve(argv)
+            return simulate(config, resume)
+        except UsageError as error:
+            message = " ".join(str(error).split())
+            print(f"fedjax-keras: error: {message}", file=sys.stderr)
+            return 2
+        except MemoryError as error:
+            print(
+                f"fedjax-keras: error: out of memory ({' '.join(str(error).split())}); "
+                "reduce --num-clients, --client-size, --num-classes, --batch-size or "
+                "--cohort-size.",
+                file=sys.stderr,
+            )
+            return 2
+        except KeyboardInterrupt:  # before the run's handler was installed
+            print("fedjax-keras: interrupted before the run started.", file=sys.stderr)
+            return 130
 
 
 def main_exit() -> None:

@@ -7,12 +7,20 @@ Layout::
     <run_dir>/metrics.csv      the same rows as a table, rewritten after every round
     <run_dir>/curves.png       loss and accuracy against rounds (train and eval)
     <run_dir>/checkpoints/<round>/   orbax checkpoints of the whole process state
+    <run_dir>/corrupt_checkpoints/<round>/   checkpoints ``--resume`` skipped as corrupt
+
+A directory that cannot be created or written (read-only, below a regular
+file, on a full disk) is a `UsageError` naming the file and the reason.
 """
 
+import contextlib
 import csv
+import errno
 import json
 import os
+import shutil
 
+from fedjax_keras.cli import config as config_lib
 from fedjax_keras.cli._errors import UsageError
 
 COLUMNS = (
@@ -29,6 +37,47 @@ COLUMNS = (
     "examples_per_second",
     "elapsed_seconds",
 )
+
+
+def free_bytes(path: str) -> int | None:
+    """Free space on the filesystem holding ``path`` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def format_bytes(count: int | None) -> str:
+    if count is None:
+        return "an unknown amount"
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"  # pragma: no cover
+
+
+def os_error_reason(error: OSError, path: str) -> str:
+    """``error`` in a few words; for a full disk, with the free space left."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += f"; {format_bytes(free_bytes(path))} free"
+    return reason
+
+
+@contextlib.contextmanager
+def writing(path: str, action: str = "write"):
+    """Turns an OSError while writing ``path`` into a one-line `UsageError`."""
+    try:
+        yield
+    except OSError as error:
+        raise UsageError(
+            f"--run-dir: cannot {action} {path!r} ({os_error_reason(error, path)}); "
+            "expected a writable directory with free space."
+        ) from None
 
 
 class RunDir:
@@ -54,7 +103,8 @@ class RunDir:
             )
         if os.path.exists(path) and not os.path.isdir(path):
             raise UsageError(f"--run-dir: {path!r} is a file; expected a directory.")
-        os.makedirs(run.checkpoints, exist_ok=True)
+        with writing(path, "create"):
+            os.makedirs(run.checkpoints, exist_ok=True)
         return run
 
     @classmethod
@@ -66,8 +116,40 @@ class RunDir:
                 f"--resume: {path!r} holds no run (no config.yaml); expected the --run-dir "
                 "of an earlier run."
             )
-        os.makedirs(run.checkpoints, exist_ok=True)
+        with writing(run.checkpoints, "create"):
+            os.makedirs(run.checkpoints, exist_ok=True)
         return run
+
+    def write_config(self, config) -> None:
+        """Writes the resolved configuration to config.yaml (what ``--resume`` reads)."""
+        tmp = self.config_path + ".tmp"
+        with writing(self.config_path):
+            config_lib.write_yaml(config, tmp)
+            os.replace(tmp, self.config_path)
+
+    def set_aside_checkpoints_after(self, round_num: int) -> str | None:
+        """Moves the checkpoints of rounds after ``round_num`` to ``corrupt_checkpoints/``.
+
+        ``--resume`` restored ``round_num`` because the newer ones are corrupt;
+        moved aside, they stay for inspection and the resumed run can write
+        those rounds again. Returns the folder, or None when nothing moved.
+        """
+        newer = [
+            name
+            for name in os.listdir(self.checkpoints)
+            if name.isascii() and name.isdigit() and int(name) > round_num
+        ]
+        if not newer:
+            return None
+        folder = os.path.join(self.path, "corrupt_checkpoints")
+        with writing(folder, "create"):
+            os.makedirs(folder, exist_ok=True)
+            for name in newer:
+                target, copy = os.path.join(folder, name), 1
+                while os.path.exists(target):
+                    target, copy = os.path.join(folder, f"{name}-{copy}"), copy + 1
+                os.replace(os.path.join(self.checkpoints, name), target)
+        return folder
 
     def load_rows(self, up_to_round: int) -> None:
         """Keeps the logged rows of rounds <= ``up_to_round`` (a killed run may have
@@ -90,25 +172,29 @@ class RunDir:
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
-        with open(self.jsonl_path, "a") as f:
+        with writing(self.jsonl_path), open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
 
     def _rewrite(self) -> None:
         tmp = self.jsonl_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in self.rows)
-        os.replace(tmp, self.jsonl_path)
+        with writing(self.jsonl_path):
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in self.rows)
+            os.replace(tmp, self.jsonl_path)
         self._write_csv()
 
     def _write_csv(self) -> None:
         tmp = self.csv_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-        os.replace(tmp, self.csv_path)
+        with writing(self.csv_path):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                for row in self.rows:
+                    writer.writerow(
+                        {k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS}
+                    )
+            os.replace(tmp, self.csv_path)
 
     def plot(self, title: str) -> None:
         """Writes curves.png: loss and accuracy against rounds, train and eval."""
@@ -131,10 +217,14 @@ class RunDir:
             ax.set_xlabel("round")
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:  # no rounds logged: no curve to name
+                ax.legend()
         fig.suptitle(title)
         fig.tight_layout()
         tmp = self.plot_path + ".tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.plot_path)
+        try:
+            with writing(self.plot_path):
+                fig.savefig(tmp, dpi=100)
+                os.replace(tmp, self.plot_path)
+        finally:
+            plt.close(fig)

@@ -12,9 +12,7 @@ import numpy as np
 
 from fedjax_keras import data as fk_data
 from fedjax_keras.cli._errors import UsageError
-
-TASKS = ("emnist_like", "cifar_like", "synthetic")
-FILE_FORMATS = ("auto", "tff_h5", "leaf_json")
+from fedjax_keras.cli.config import FILE_FORMATS, TASKS
 
 
 class Task(NamedTuple):

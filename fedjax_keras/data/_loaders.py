@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -191,10 +192,17 @@ def iter_leaf_json_clients(path_or_dir: str | os.PathLike) -> Iterator[tuple[str
     Yields:
       (user_id, {'x': list, 'y': list}) per user, values as parsed from JSON.
 
+    A user that is in `user_data` but not in `users` has no `num_samples`
+    entry to check its data against: it is skipped with a `UserWarning` that
+    names it.
+
     Raises:
       FileNotFoundError: if the path does not exist or a directory has no .json file.
+      json.JSONDecodeError: if a file is not valid JSON (the message names the file).
       KeyError: if a file lacks `users`, `num_samples` or `user_data`, or a user's data.
-      ValueError: if `num_samples` disagrees with a user's data, or a user appears twice.
+      ValueError: if a file is not UTF-8, its keys hold the wrong kinds of values
+        (`users` a string, `user_data` a list, ...), `num_samples` disagrees with a
+        user's data, or a user appears twice; the message names the file and user.
     """
     return _iter_leaf(_leaf_files(path_or_dir))
 
@@ -240,32 +248,117 @@ def _leaf_files(path_or_dir) -> list[str]:
 def _iter_leaf(files: Iterable[str]):
     seen = set()
     for file in files:
-        with open(file) as fh:
-            blob = json.load(fh)
+        blob = _read_json(file)
         for key in ("users", "num_samples", "user_data"):
             if key not in blob:
                 raise KeyError(
                     f"{file} has no {key!r} key, so it is not a LEAF file; LEAF files hold "
                     f"'users', 'num_samples' and 'user_data', this one {sorted(blob)!r}."
                 )
-        users, counts, user_data = blob["users"], blob["num_samples"], blob["user_data"]
-        if len(users) != len(counts):
-            raise ValueError(
-                f"{file} lists {len(users)} users but {len(counts)} num_samples entries."
-            )
+        users, counts, user_data = _leaf_lists(file, blob)
         for user, count in zip(users, counts):
             if user in seen:
                 raise ValueError(f"User {user!r} of {file} appears twice among the files.")
             seen.add(user)
             data = user_data.get(user)
-            if data is None or "x" not in data or "y" not in data:
+            if data is None or (isinstance(data, dict) and ("x" not in data or "y" not in data)):
                 raise KeyError(f"{file} has no 'x' and 'y' under user_data[{user!r}].")
+            if not isinstance(data, dict):
+                raise ValueError(
+                    f"{file}: user_data[{user!r}] must be an object {{'x': [...], 'y': [...]}}; "
+                    f"received {_json_kind(data)}."
+                )
+            for key in ("x", "y"):
+                if not isinstance(data[key], list):
+                    raise ValueError(
+                        f"{file}: user_data[{user!r}][{key!r}] must be a list of examples; "
+                        f"received {_json_kind(data[key])}."
+                    )
             if not len(data["x"]) == len(data["y"]) == count:
                 raise ValueError(
                     f"{file}: user {user!r} has num_samples {count} but {len(data['x'])} x "
                     f"and {len(data['y'])} y entries; the file is corrupt or truncated."
                 )
             yield user, {"x": data["x"], "y": data["y"]}
+
+
+def _read_json(file: str) -> dict:
+    """The JSON object in ``file``; errors name the file."""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            blob = json.load(fh)
+    except json.JSONDecodeError as error:
+        raise json.JSONDecodeError(
+            f"{file} is not valid JSON ({error.msg})", error.doc, error.pos
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file} is not UTF-8 text, so not JSON ({error.reason}).") from None
+    if not isinstance(blob, dict):
+        raise ValueError(
+            f"{file} holds {_json_kind(blob)}; expected a LEAF object with 'users', "
+            "'num_samples' and 'user_data'."
+        )
+    return blob
+
+
+def _leaf_lists(file: str, blob: dict) -> tuple[list, list, dict]:
+    """``users``, ``num_samples`` and ``user_data`` of a LEAF file, their kinds checked."""
+    users, counts, user_data = blob["users"], blob["num_samples"], blob["user_data"]
+    if not isinstance(users, list):
+        raise ValueError(
+            f"{file}: 'users' must be a list of user ids; received {_json_kind(users)}: "
+            f"{_short(users)}."
+        )
+    for user in users:
+        if not isinstance(user, (str, int)) or isinstance(user, bool):
+            raise ValueError(
+                f"{file}: user id {_short(user)} is {_json_kind(user)}; expected a string."
+            )
+    if not isinstance(counts, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
+    ):
+        raise ValueError(
+            f"{file}: 'num_samples' must be a list of ints >= 0; received "
+            f"{_json_kind(counts)}: {_short(counts)}."
+        )
+    if not isinstance(user_data, dict):
+        raise ValueError(
+            f"{file}: 'user_data' must map user ids to their data; received "
+            f"{_json_kind(user_data)}."
+        )
+    if len(users) != len(counts):
+        raise ValueError(f"{file} lists {len(users)} users but {len(counts)} num_samples entries.")
+    listed = set(users)
+    unlisted = [user for user in user_data if user not in listed]
+    if unlisted:
+        names = ", ".join(repr(user) for user in unlisted[:5])
+        more = f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else ""
+        warnings.warn(
+            f"{file}: user {names}{more} is in user_data but not in 'users'; it is skipped "
+            "(add it to 'users' and 'num_samples' to load it).",
+            UserWarning,
+            stacklevel=4,
+        )
+    return users, counts, user_data
+
+
+def _json_kind(value) -> str:
+    """``value``'s JSON kind with its article: 'a list', 'an object', 'null'."""
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a bool",
+        int: "an int",
+        float: "a float",
+        type(None): "null",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _leaf_arrays(client: ClientDict) -> ClientDict:
@@ -284,19 +377,34 @@ def _narrow(array: np.ndarray) -> np.ndarray:
 
 
 def emnist_preprocess(client: ClientDict) -> ClientDict:
-    """Maps a TFF EMNIST client to Keras-ready arrays.
+    """Maps a TFF EMNIST client to Keras-ready arrays, pixels in [0, 1] whatever their dtype.
+
+    TFF's EMNIST files store float32 pixels in [0, 1]; other copies of the data
+    store uint8 pixels in 0..255. Pixels are scaled by their dtype, so clients of
+    both kinds can share a population: uint8 is divided by 255, floats are kept
+    (and must lie in [0, 1]). Other integer dtypes are refused: from the dtype
+    alone, 0..1 and 0..255 cannot be told apart, so cast them first.
 
     Args:
-      client: `{'pixels': [n, 28, 28] float in [0, 1], 'label': [n] int, ...}`.
+      client: `{'pixels': [n, 28, 28] (or LEAF's [n, 784]) float in [0, 1] or
+        uint8 in 0..255, 'label': [n] int, ...}`.
 
     Returns:
-      `{'x': [n, 28, 28, 1] float32, 'y': [n] int32}`; pixel values unchanged.
+      `{'x': [n, 28, 28, 1] float32 in [0, 1], 'y': [n] int32}`.
+
+    Raises:
+      KeyError: the client has no 'pixels' or 'label' feature.
+      ValueError: pixels of another shape, of an integer dtype other than uint8
+        or floats outside [0, 1], or not as many labels as images.
 
     Example:
       >>> import numpy as np
       >>> out = emnist_preprocess({"pixels": np.zeros((2, 28, 28)), "label": np.array([3, 7])})
       >>> out["x"].shape, out["y"].dtype
       ((2, 28, 28, 1), dtype('int32'))
+      >>> emnist_preprocess({"pixels": np.full((1, 28, 28), 255, np.uint8),
+      ...                    "label": np.array([0])})["x"].max()
+      1.0
     """
     for key in ("pixels", "label"):
         if key not in client:
@@ -304,8 +412,33 @@ def emnist_preprocess(client: ClientDict) -> ClientDict:
                 f"emnist_preprocess needs TFF EMNIST's {key!r} feature; the client has "
                 f"{sorted(client)!r}."
             )
-    pixels = np.asarray(client["pixels"], np.float32)
-    return {"x": pixels.reshape(len(pixels), 28, 28, 1), "y": np.asarray(client["label"], np.int32)}
+    pixels, labels = np.asarray(client["pixels"]), np.asarray(client["label"])
+    if pixels.shape[1:] not in ((28, 28), (784,)):
+        raise ValueError(
+            f"emnist_preprocess: pixels of shape {list(pixels.shape)}; expected [n, 28, 28] "
+            "(or [n, 784])."
+        )
+    if len(labels) != len(pixels):
+        raise ValueError(
+            f"emnist_preprocess: {len(pixels)} images but {len(labels)} labels; expected one "
+            "label per image."
+        )
+    if pixels.dtype == np.uint8:
+        x = pixels.astype(np.float32) / np.float32(255)
+    elif pixels.dtype.kind == "f":
+        x = pixels.astype(np.float32)
+        if x.size and not (x.min() >= 0 and x.max() <= 1):
+            raise ValueError(
+                f"emnist_preprocess: float pixels must lie in [0, 1] (TFF's EMNIST); these "
+                f"range from {x.min()} to {x.max()}. Store 0..255 pixels as uint8, or divide "
+                "them by 255."
+            )
+    else:
+        raise ValueError(
+            f"emnist_preprocess: {pixels.dtype} pixels are ambiguous (0..1 or 0..255?); "
+            "expected float pixels in [0, 1] or uint8 pixels in 0..255: cast them to one."
+        )
+    return {"x": x.reshape(len(x), 28, 28, 1), "y": labels.astype(np.int32)}
 
 
 def shakespeare_char_ids(
@@ -389,10 +522,18 @@ def _xy(x_key: str, y_key: str) -> Preprocess:
 
 
 def _collect(clients, preprocess, default, source) -> FederatedData:
-    """Runs every (id, features) pair through preprocess (or default) into FederatedData."""
+    """Runs every (id, features) pair through preprocess (or default) into FederatedData.
+
+    Errors name the file (``source``) and the client.
+    """
     out = {}
     for client_id, features in clients:
-        example = preprocess(features) if preprocess is not None else default(features)
+        try:
+            example = preprocess(features) if preprocess is not None else default(features)
+        except (ValueError, TypeError, KeyError, IndexError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            kind = type(error) if type(error) in (ValueError, TypeError, KeyError) else ValueError
+            raise kind(f"{os.fspath(source)}: client {client_id!r}: {message}") from error
         if not isinstance(example, dict) or "x" not in example or "y" not in example:
             raise ValueError(
                 f"preprocess must return a dict with 'x' and 'y'; for client {client_id!r} "
@@ -402,4 +543,7 @@ def _collect(clients, preprocess, default, source) -> FederatedData:
         out[client_id] = {"x": example["x"], "y": example["y"]}
     if not out:
         raise ValueError(f"{os.fspath(source)} holds no client.")
-    return FederatedData.from_client_dict(out)
+    try:
+        return FederatedData.from_client_dict(out)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{os.fspath(source)}: {error}") from error
