@@ -245,10 +245,7 @@ def _final_hashes(workdir: str, names) -> dict:
         task = load_task(config)
         template = build_process(config, build_model(config, task), task).initialize(config.seed)
         state, round_num = restore_newest(os.path.join(run_dir, "checkpoints"), template)
-        leaves = jax.tree.leaves(state)
-        store = getattr(state, "client_states", None)
-        if store is not None and hasattr(store, "client_ids"):  # SCAFFOLD's control variates
-            leaves += jax.tree.leaves(store.gather(store.client_ids))
+        leaves = jax.tree.leaves(state)  # the client table (SCAFFOLD's c_i) included
         digest = hashlib.sha256()
         for leaf in leaves:
             digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())

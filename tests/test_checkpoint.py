@@ -146,7 +146,7 @@ def test_no_checkpoint_restores_and_mismatch_is_not_skipped(tmp_path):
     for r in (2, 4):
         save_state(tmp_path, _state(scale=r), r)
     _truncate_data(str(tmp_path / "4"))
-    other = _state().replace(extra={"control": jnp.zeros(3)})
+    other = _state().replace(algorithm_state={"control": jnp.zeros(3)})
     with pytest.raises(CheckpointMismatchError, match="template"):
         restore_newest(tmp_path, other)  # round 2 is whole but written by another process
     _delete_data(str(tmp_path / "2"))

@@ -33,7 +33,8 @@ EXPECTED_STATUS = {"kill": -9, "int": 130, "enospc": 2}
 def driven(tmp_path_factory, request):
     """The driver's results; the XLA compilation cache persists in pytest's cache."""
     workdir = tmp_path_factory.mktemp("faults")
-    cache = request.config.cache.mkdir("fedjax_keras_xla") if request.config.cache else workdir
+    pytest_cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    cache = pytest_cache.mkdir("fedjax_keras_xla") if pytest_cache else workdir
     seed = int(os.environ.get("FEDJAX_KERAS_FAULT_SEED", time.time_ns() % 10**6))
     env = {
         **os.environ,

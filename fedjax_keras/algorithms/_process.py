@@ -428,7 +428,7 @@ class FederatedProcess:
     def _finish_impl(self, state, carry, seed_and_round):
         return finish_round(self.algorithm, self.model, state, carry, round_key(seed_and_round))
 
-    def _chunk(self, plan, index, source, cohort_info, stateful):
+    def _chunk(self, plan, index, source, cohort_info, stateful, row_steps):
         key_ids, table_rows, last, reported, work = cohort_info
         batches = plan.chunk(index) if source is None else plan.chunk_rows(index)
         positions = np.asarray(batches.client_positions)
@@ -443,7 +443,12 @@ class FederatedProcess:
         if source is None:
             data, rows = ClientBatchArrays(batches.x, batches.y, mask), None
         else:
-            data, rows = ClientBatchArrays(None, None, mask), batches.rows
+            # Row indices are cheap: pad every chunk of the round to one step count,
+            # so chunks of different lengths share one program (the loop stops at
+            # the chunk's own length).
+            extra = ((0, 0), (0, row_steps - mask.shape[1]), (0, 0))
+            data = ClientBatchArrays(None, None, np.pad(mask, extra))
+            rows = np.pad(batches.rows, extra)
         slots = index * plan.chunk_size + np.arange(len(positions))
         info = ChunkInfo(
             positions=positions.astype(np.int32),
@@ -534,9 +539,10 @@ class FederatedProcess:
         capacity = plan.num_chunks * plan.chunk_size if needs_slots else 0
         carry = self._start(state.aggregator_state, state.client_states, capacity)
         carry = self.placement.replicated(carry)
+        row_steps = 1 << (int(plan.chunk_steps.max()) - 1).bit_length()
         bound = None
         for index in range(plan.num_chunks):
-            chunk, host = self._chunk(plan, index, source, cohort_info, stateful)
+            chunk, host = self._chunk(plan, index, source, cohort_info, stateful, row_steps)
             if bound is None:
                 bound = self._executor_for(carry, inputs, chunk, host)
             carry = bound(carry, inputs, chunk, host)

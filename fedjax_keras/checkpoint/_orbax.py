@@ -40,8 +40,18 @@ class CheckpointMismatchError(ValueError):
 def _manager(directory, max_to_keep=None, create=True) -> ocp.CheckpointManager:
     # Synchronous saves: the round loop is blocked anyway, and a save that has
     # returned is on disk when a run is killed right after it.
+    extra = {}
+    if jax.process_count() > 1:
+        # A multi-process run's state is replicated: process 0 alone reads and
+        # writes it (the CLI broadcasts a restored state to the others).
+        extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+        if create:  # orbax leaves the root to us when only some processes take part
+            os.makedirs(os.path.abspath(os.fspath(directory)), exist_ok=True)
+            create = False
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False
+        max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False, **extra
     )
     return ocp.CheckpointManager(
         os.path.abspath(os.fspath(directory)), options=options, item_names=("arrays", "meta")
@@ -66,8 +76,11 @@ def save_state(directory, state, round_num: int, *, max_to_keep: int | None = No
 
     """
     leaves = jax.tree.leaves(state)
+    several = jax.process_count() > 1
     arrays = {
-        _key(i): np.asarray(leaf) if np.isscalar(leaf) else leaf for i, leaf in enumerate(leaves)
+        # Several processes: host copies of the replicated arrays, which one process writes.
+        _key(i): np.asarray(leaf) if several or np.isscalar(leaf) else leaf
+        for i, leaf in enumerate(leaves)
     }
     meta = {"round": int(round_num), "num_leaves": len(leaves)}
     manager = _manager(directory, max_to_keep)

@@ -19,7 +19,7 @@ import typing
 import tomllib
 import yaml
 
-from fedjax_keras.algorithms import algorithm_names
+from fedjax_keras.algorithms import algorithm_names, get_algorithm
 from fedjax_keras.cli._errors import UsageError
 
 ALGORITHMS = algorithm_names()
@@ -53,6 +53,7 @@ class Config:
     client_lr: float | None = None
     server_lr: float | None = None
     mu: float = 0.01
+    options: str | None = None
     batch_size: int = 20
     epochs: int = 1
     # Run.
@@ -60,6 +61,10 @@ class Config:
     cohort_size: int = 10
     chunk_size: str = "auto"
     runner: str = "auto"
+    devices: int | None = None
+    dropout: float = 0.0
+    straggler_rate: float = 0.0
+    straggler_work: float = 0.5
     seed: int = 0
     eval_every: int = 5
     checkpoint_every: int = 10
@@ -205,6 +210,53 @@ def resolve(base: dict, file_settings: dict, flag_settings: dict) -> Config:
     return config
 
 
+def coerce_int_flag(flag: str, value, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], or a UsageError naming ``flag``."""
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", text) or not low <= int(text) <= high:
+        raise UsageError(f"{flag}: expected an int >= {low} and <= {high}; received {value!r}.")
+    return int(text)
+
+
+def parse_options(text: str | None, accepted: dict, algorithm: str) -> dict:
+    """``'a=1,b=x'`` -> ``{'a': 1.0, 'b': 'x'}`` with ``accepted``'s defaults filled in.
+
+    Raises:
+      UsageError: a malformed pair, or a name the algorithm does not take.
+    """
+    values = dict(accepted)
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        name, sep, raw = pair.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name or not raw:
+            raise UsageError(f"--options: expected NAME=VALUE[,NAME=VALUE...]; received {pair!r}.")
+        if name not in accepted:
+            takes = ", ".join(f"{k} (default {v!r})" for k, v in accepted.items()) or "none"
+            raise UsageError(f"--options: {algorithm} has no option {name!r}; it takes: {takes}.")
+        default = accepted[name]
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                values[name] = raw.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                values[name] = int(raw)
+            elif isinstance(default, float):
+                values[name] = float(raw)
+                if not math.isfinite(values[name]):
+                    raise ValueError(raw)
+            else:
+                values[name] = raw
+        except ValueError:
+            raise UsageError(
+                f"--options: {name} must be {type(default).__name__} like its default "
+                f"{default!r}; received {raw!r}."
+            ) from None
+    return values
+
+
 def validate(config: Config) -> None:
     """Raises UsageError for a value out of range or not among the choices."""
     for name, value in to_dict(config).items():
@@ -268,6 +320,20 @@ def validate(config: Config) -> None:
         raise UsageError(
             f"--test-fraction: expected a number in (0, 1); received {config.test_fraction!r}."
         )
+    if config.devices is not None:
+        _check_int("devices", config.devices, 1, 4096)
+    for name in ("dropout", "straggler_rate"):
+        value = getattr(config, name)
+        if not 0 <= value <= 1:
+            raise UsageError(
+                f"--{name.replace('_', '-')}: expected a probability in [0, 1]; received {value!r}."
+            )
+    if not 0 < config.straggler_work <= 1:
+        raise UsageError(
+            f"--straggler-work: expected a fraction in (0, 1]; received {config.straggler_work!r}."
+        )
+    entry = get_algorithm(config.algorithm)
+    parse_options(config.options, dict(entry.options), config.algorithm)
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:

@@ -3,11 +3,14 @@
 import jax
 import keras
 import numpy as np
+from jax.sharding import Mesh
 
 from fedjax_keras import algorithms
 from fedjax_keras.cli._errors import UsageError
+from fedjax_keras.cli.config import parse_options
 from fedjax_keras.cli.models import resolve_model
 from fedjax_keras.cli.tasks import Task
+from fedjax_keras.data import UnreliableClients
 from fedjax_keras.models import Model, from_keras_model
 
 
@@ -55,20 +58,20 @@ def build_model(config, task: Task) -> Model:
 
 def build_process(config, model: Model, task: Task):
     """The training process of ``config.algorithm`` (from the algorithm registry)."""
-    chunk = {"auto": "auto", "none": None}.get(config.chunk_size)
-    engine = {
-        "batch_size": config.batch_size,
-        "epochs": config.epochs,
-        "chunk_size": chunk if config.chunk_size in ("auto", "none") else int(config.chunk_size),
-        "runner": config.runner,
-    }
+    engine = {**engine_options(config), "batch_size": config.batch_size, "epochs": config.epochs}
+    if config.dropout or config.straggler_rate:
+        engine["unreliable_clients"] = UnreliableClients(
+            config.dropout, config.straggler_rate, config.straggler_work
+        )
     entry = algorithms.get_algorithm(config.algorithm)
     if entry.epochs_must_be_one and config.epochs != 1:
         raise UsageError(
             f"--epochs: {entry.name} computes one gradient per client; "
             f"expected 1, received {config.epochs}."
         )
-    options = {name: getattr(config, name, default) for name, default in entry.options.items()}
+    # --mu predates --options: it sets FedProx's mu unless --options does.
+    legacy = {name: getattr(config, name) for name in entry.options if hasattr(config, name)}
+    options = parse_options(config.options, {**dict(entry.options), **legacy}, config.algorithm)
     settings = algorithms.AlgorithmSettings(
         client_lr=config.client_lr,
         server_lr=config.server_lr,
@@ -76,6 +79,30 @@ def build_process(config, model: Model, task: Task):
         options=options,
     )
     return entry.make(model, settings, **engine)
+
+
+def engine_options(config) -> dict:
+    """The engine options every process of a run shares: chunking, executor, devices."""
+    chunk = {"auto": "auto", "none": None}.get(config.chunk_size)
+    options = {
+        "chunk_size": chunk if config.chunk_size in ("auto", "none") else int(config.chunk_size),
+        "runner": config.runner,
+    }
+    if config.devices is not None:
+        # The first N devices of every process (N CPU devices are forced by
+        # `select_devices` when there is no accelerator).
+        by_process: dict = {}
+        for device in jax.devices():
+            by_process.setdefault(device.process_index, []).append(device)
+        fewest = min(len(devices) for devices in by_process.values())
+        if fewest < config.devices:
+            raise UsageError(
+                f"--devices: {config.devices} requested but only {fewest} "
+                f"{jax.devices()[0].platform} device(s) are available per process."
+            )
+        chosen = [d for p in sorted(by_process) for d in by_process[p][: config.devices]]
+        options["mesh"] = Mesh(np.array(chosen), ("clients",))
+    return options
 
 
 def eval_population(task: Task):

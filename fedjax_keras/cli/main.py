@@ -19,6 +19,7 @@ import time
 import warnings
 
 from fedjax_keras.cli import config as config_lib
+from fedjax_keras.cli import distributed
 from fedjax_keras.cli._errors import UsageError
 from fedjax_keras.cli.interrupt import StopRequest, resume_command
 
@@ -41,7 +42,13 @@ HELP = {
     "0.1 for text, 0.05 otherwise)",
     "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; "
     "fedadagrad 0.1)",
-    "mu": "fedprox proximal strength",
+    "mu": "fedprox proximal strength (also --options mu=...)",
+    "options": "the algorithm's named options, NAME=VALUE[,NAME=VALUE...] (see docs/algorithms.md)",
+    "devices": "devices to shard the clients over: the first N of each process "
+    "(N forced CPU devices when there is no accelerator)",
+    "dropout": "probability that a sampled client never reports",
+    "straggler_rate": "probability that a client is a straggler",
+    "straggler_work": "fraction of its local steps a straggler completes",
     "batch_size": "examples per local step",
     "epochs": "local epochs per round",
     "rounds": "total rounds of the run",
@@ -61,6 +68,30 @@ HELP = {
 KILL_AFTER_ROUND_ENV = "FEDJAX_KERAS_KILL_AFTER_ROUND"
 
 
+class _Launch(Exception):
+    """``fedjax-keras launch ...`` was parsed (carries its arguments)."""
+
+    def __init__(self, args: dict):
+        super().__init__("launch")
+        self.options = args
+
+
+def _launch(args: dict) -> int:
+    rest = list(args["rest"])
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    count = config_lib.coerce_int_flag("--num-processes", args["num_processes"], 1, 64)
+    port = args.get("port")
+    port = None if port is None else config_lib.coerce_int_flag("--port", port, 1, 65535)
+    if not rest or rest[0] != "simulate":
+        raise UsageError(
+            "launch: expected the command after '--', e.g. fedjax-keras launch "
+            "--num-processes 2 -- simulate --task synthetic."
+        )
+    _parse(rest)  # a mistake in the command is one line here, not P of them
+    return distributed.launch(count, rest, port)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage is in ``--help``)."""
 
@@ -73,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedjax-keras", description="Federated learning simulation for Keras 3 models on JAX."
     )
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    launch = commands.add_parser(
+        "launch",
+        help="start several local processes of one run (multi-process simulation)",
+        description="Start P local processes that run one command together "
+        "(coordinator on 127.0.0.1), e.g. fedjax-keras launch --num-processes 2 -- "
+        "simulate --task synthetic. On a cluster, start one process per host yourself "
+        "(docs/scaling.md).",
+    )
+    launch.add_argument("--num-processes", metavar="P", required=True, help="processes to start")
+    launch.add_argument("--port", metavar="PORT", help="coordinator port (default: a free one)")
+    launch.add_argument("rest", nargs=argparse.REMAINDER, help="-- simulate [flags...]")
     sim = commands.add_parser(
         "simulate",
         help="run a federated experiment",
@@ -104,8 +146,11 @@ def _parse(argv) -> tuple[dict, str | None, bool]:
     if not argv:
         argv = ["simulate"]
     args = vars(build_parser().parse_args(argv))
-    if args.pop("command") is None:
-        raise UsageError("expected a command: simulate (see fedjax-keras --help).")
+    command = args.pop("command")
+    if command is None:
+        raise UsageError("expected a command: simulate or launch (see fedjax-keras --help).")
+    if command == "launch":
+        raise _Launch(args)
     config_file = args.pop("config", None)
     resume = args.pop("resume", False)
     flags = {
@@ -154,18 +199,33 @@ def simulate(config, resume: bool) -> int:
     way and its checkpoint). A checkpoint that cannot be written for lack of
     space, or a run directory that cannot be written, is a `UsageError`.
     """
+    import jax
+
     import fedjax_keras  # noqa: F401 (selects the JAX backend before keras loads)
     from fedjax_keras.cli.run_dir import RunDir
 
     logging.getLogger("absl").setLevel(logging.ERROR)
-    run = RunDir.open_existing(config.run_dir) if resume else RunDir.create(config.run_dir)
+    if config.devices is not None:
+        # Before the backend starts: N CPU devices when there is no accelerator.
+        jax.config.update("jax_num_cpu_devices", config.devices)
+    distributed.join_if_launched()
+    if distributed.is_primary():
+        run = RunDir.open_existing(config.run_dir) if resume else RunDir.create(config.run_dir)
+    distributed.barrier("fedjax_keras_run_dir")
+    if not distributed.is_primary():
+        run = distributed.NullRun(config.run_dir)
     with StopRequest(run.path) as stop:
         return _run(config, resume, run, stop)
 
 
 def _run(config, resume: bool, run, stop: StopRequest) -> int:
     from fedjax_keras.algorithms import build_fed_eval
-    from fedjax_keras.cli.experiment import build_model, build_process, eval_population
+    from fedjax_keras.cli.experiment import (
+        build_model,
+        build_process,
+        engine_options,
+        eval_population,
+    )
     from fedjax_keras.cli.progress import RoundProgress, print_summary
     from fedjax_keras.cli.tasks import load_task
 
@@ -175,10 +235,10 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
     model = build_model(config, task)
     process = build_process(config, model, task)
     evaluator = build_fed_eval(
-        model, batch_size=max(config.batch_size, 50), chunk_size=process.chunk_size
+        model, batch_size=max(config.batch_size, 50), **engine_options(config)
     )
     test = eval_population(task)
-    if test.num_clients == 0:
+    if test.num_clients == 0 and distributed.is_primary():
         print(
             f"fedjax-keras: note: --test-fraction {config.test_fraction} holds out no example "
             "(every client is too small); evaluation is skipped.",
@@ -191,7 +251,7 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
     if resume:
         state, start = _restore(run, state)
     run.load_rows(start)
-    if resume:
+    if resume and distributed.is_primary():
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
     if stop.requested:
         return _interrupted(run, f"before round {start + 1}")
@@ -199,7 +259,7 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
     title = f"{config.algorithm} on {task.name}, model {config.model or task.default_model}"
     began = time.perf_counter()
     elapsed_before = run.rows[-1]["elapsed_seconds"] if run.rows else 0.0
-    progress = RoundProgress(config.rounds, start, config.progress)
+    progress = RoundProgress(config.rounds, start, config.progress and distributed.is_primary())
     try:
         for round_num in range(start, config.rounds):
             tic = time.perf_counter()
@@ -233,12 +293,14 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
             row["elapsed_seconds"] = elapsed_before + time.perf_counter() - began
             run.append(row)
             progress.update(row)
+            # Every process must leave the loop at the same round.
+            stopping = distributed.any_process(stop.requested)
             # On Ctrl-C, checkpoint the round just finished, so --resume loses nothing.
-            if done % config.checkpoint_every == 0 or done == config.rounds or stop.requested:
+            if done % config.checkpoint_every == 0 or done == config.rounds or stopping:
                 _save(run, state, done, config.keep_checkpoints)
             if kill_after is not None and done == int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)
-            if stop.requested:
+            if stopping:
                 progress.stop()
                 return _interrupted(run, f"after round {done} (checkpoint saved)")
     except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
@@ -246,6 +308,8 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
         return _interrupted(run, "")
     finally:
         progress.stop()
+    if not distributed.is_primary():
+        return 0
     run.plot(title)
     print_summary(run.rows, run.path, time.perf_counter() - began, title)
     if stop.requested:  # Ctrl-C during the plot or the summary: the rounds are all done
@@ -262,8 +326,13 @@ def _restore(run, template):
     """
     from fedjax_keras import checkpoint
 
+    if not distributed.is_primary():
+        # Process 0 reads the checkpoint; everyone receives its state and round.
+        state, start = distributed.broadcast_from_primary((template, 0))
+        return state, int(start)
     if checkpoint.latest_round(run.checkpoints) is None:
-        return template, 0
+        state, start = distributed.broadcast_from_primary((template, 0))
+        return state, int(start)
     try:
         state, start = checkpoint.restore_newest(run.checkpoints, template)
     except checkpoint.CheckpointMismatchError as error:
@@ -278,13 +347,16 @@ def _restore(run, template):
             f"fedjax-keras: note: moved the skipped checkpoints to {moved}.",
             file=sys.stderr,
         )
-    return state, start
+    state, start = distributed.broadcast_from_primary((state, start))
+    return state, int(start)
 
 
 def _save(run, state, done: int, keep: int) -> None:
     from fedjax_keras import checkpoint
     from fedjax_keras.cli.run_dir import format_bytes
 
+    if not distributed.is_primary():
+        return  # process 0 writes the (replicated) state for everyone
     try:
         checkpoint.save_state(run.checkpoints, state, done, max_to_keep=keep)
     except checkpoint.CheckpointDiskFullError as error:
@@ -325,7 +397,10 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            config, resume = _resolve(argv)
+            try:
+                config, resume = _resolve(argv)
+            except _Launch as launch:
+                return _launch(launch.options)
             return simulate(config, resume)
         except UsageError as error:
             message = " ".join(str(error).split())

@@ -1,28 +1,33 @@
 """The `Vmap` executor: a chunk of clients in one compiled program.
 
-Clients are batched with `jax.vmap`, each client's steps run in a `lax.scan`,
-and the chunk's contributions are absorbed into the round's carry in the same
-program. On a mesh the clients axis is sharded over the devices and XLA
-reduces the contributions across them. Best on GPUs and TPUs, and for dense
-models everywhere; on XLA:CPU a vmapped convolution gradient lowers to a
-grouped convolution, several times slower than `Stepwise` (see
-docs/performance.md).
+Clients are batched with `jax.vmap` and their local steps run in one loop
+whose trip count is a run-time value (the chunk's largest real step count),
+not a shape: chunks of different step counts share one compiled program
+when their arrays have the same shape, and steps that are padding for every
+client of the chunk are never run. The chunk's contributions are absorbed
+into the round's carry in the same program. On a mesh the clients axis is
+sharded over the devices and XLA reduces the contributions across them.
+
+Best on GPUs and TPUs, and for dense models everywhere; on XLA:CPU a vmapped
+convolution gradient lowers to a grouped convolution, several times slower
+than `Stepwise` (see docs/performance.md).
 """
 
 import dataclasses
-import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from fedjax_keras.client import ClientBatchArrays, step_key
 from fedjax_keras.parallel._executor import (
     Chunk,
     ChunkProgram,
     HostChunk,
     RoundInputs,
-    chunk_data,
     client_keys,
+    gather_examples,
 )
 from fedjax_keras.parallel._mesh import Placement
 
@@ -32,9 +37,9 @@ class Vmap:
     """Runs each chunk as one program: clients vmapped, steps in a `lax.scan`.
 
     Args:
-      scan_unroll: local steps per iteration of the scan's loop (`lax.scan`'s
-        ``unroll``); more steps per iteration mean fewer loop iterations and a
-        larger program.
+      scan_unroll: local steps per iteration of the steps loop; more steps per
+        iteration mean fewer loop iterations and a larger program (steps past
+        a client's end are masked no-ops).
     """
 
     scan_unroll: int = 1
@@ -55,6 +60,18 @@ class Vmap:
         return _BoundVmap(chunk_program, placement, self.scan_unroll)
 
 
+def _at_step(chunk: Chunk, source, t) -> ClientBatchArrays:
+    """Every client's batch of local step ``t`` (a traced index): leaves [clients, batch, ...]."""
+    take = lambda a: jax.lax.dynamic_index_in_dim(a, t, axis=1, keepdims=False)  # noqa: E731
+    mask = take(chunk.data.mask)
+    if chunk.rows is None:
+        return ClientBatchArrays(
+            jax.tree.map(take, chunk.data.x), jax.tree.map(take, chunk.data.y), mask
+        )
+    x, y = gather_examples(source, take(chunk.rows), mask)
+    return ClientBatchArrays(x, y, mask)
+
+
 class _BoundVmap:
     name = "vmap"
 
@@ -64,26 +81,60 @@ class _BoundVmap:
         self._scan_unroll = scan_unroll
         self._run = placement.jit(self._run_chunk, donate_argnums=(0,))
 
-    def _run_chunk(self, carry, inputs: RoundInputs, chunk: Chunk):
-        cp = self._chunk_program
+    def _run_chunk(self, carry, inputs: RoundInputs, chunk: Chunk, num_steps):
+        cp, program = self._chunk_program, self._chunk_program.program
         keys = client_keys(inputs.seed_and_round, chunk.info)
         rows = cp.read_rows(carry, chunk.info)
-        run = functools.partial(cp.program.run, unroll=self._scan_unroll)
-        outputs = jax.vmap(run, in_axes=(None, 0, 0, 0))(
-            inputs.broadcast, chunk_data(chunk, inputs.source), keys, rows["algorithm"]
+        states = rows["algorithm"]
+        size = chunk.info.valid.shape[0]
+        vmapped_step = jax.vmap(program.step, in_axes=(0, 0, 0, None, 0))
+        carries = jax.vmap(program.start, in_axes=(None, 0), axis_size=size)(
+            inputs.broadcast, states
+        )
+        available = chunk.data.mask.shape[1]
+
+        def one_step(t, carries):
+            # Steps past the arrays' end (the last iteration of an unrolled loop) are
+            # read clamped and fully masked: no-ops.
+            batch = _at_step(chunk, inputs.source, jnp.minimum(t, available - 1))
+            batch = batch._replace(mask=batch.mask & (t < available))
+            step_keys = jax.vmap(step_key, in_axes=(0, None))(keys, t)
+            return vmapped_step(
+                carries,
+                {"x": batch.x, "y": batch.y, "mask": batch.mask},
+                step_keys,
+                inputs.broadcast,
+                states,
+            )
+
+        def unrolled(i, carries):
+            for j in range(self._scan_unroll):
+                carries = one_step(i * self._scan_unroll + j, carries)
+            return carries
+
+        trips = (num_steps + self._scan_unroll - 1) // self._scan_unroll
+        carries = jax.lax.fori_loop(0, trips, unrolled, carries)
+        outputs = jax.vmap(program.finish, in_axes=(0, None, 0), axis_size=size)(
+            carries, inputs.broadcast, states
         )
         return cp.absorb(carry, inputs.aggregator_state, outputs, chunk.info, rows, keys)
 
+    @staticmethod
+    def _num_steps(host: HostChunk):
+        return np.int32(np.max(host.num_steps[host.valid], initial=0))
+
     def __call__(self, carry, inputs: RoundInputs, chunk: Chunk, host: HostChunk):
-        return self._run(carry, inputs, self._placement.clients(chunk))
+        chunk = self._placement.clients(chunk)
+        return self._run(carry, inputs, chunk, self._num_steps(host))
 
     def seconds_per_client_step(
         self, carry, inputs: RoundInputs, chunk: Chunk, host: HostChunk
     ) -> float:
         chunk = self._placement.clients(chunk)
         copy = lambda: jax.tree.map(lambda a: a.copy(), carry)  # noqa: E731 (donated)
-        jax.block_until_ready(self._run(copy(), inputs, chunk))  # compiles
+        steps = self._num_steps(host)
+        jax.block_until_ready(self._run(copy(), inputs, chunk, steps))  # compiles
         fresh = copy()
         start = time.perf_counter()
-        jax.block_until_ready(self._run(fresh, inputs, chunk))
+        jax.block_until_ready(self._run(fresh, inputs, chunk, steps))
         return (time.perf_counter() - start) / max(int(np.sum(host.num_steps[host.valid])), 1)
