@@ -17,6 +17,7 @@ from fedjax_keras import models as models
 from fedjax_keras import optimizers as optimizers
 from fedjax_keras import parallel as parallel
 from fedjax_keras import testing as testing
+from fedjax_keras.algorithms import sweep as sweep
 from fedjax_keras.data import FederatedData as FederatedData
 from fedjax_keras.models import BatchOutput as BatchOutput
 from fedjax_keras.models import Model as Model

@@ -21,3 +21,6 @@ from fedjax_keras.algorithms._registry import unregister as unregister
 from fedjax_keras.algorithms._scaffold import build_scaffold as build_scaffold
 from fedjax_keras.algorithms._state import RoundOutput as RoundOutput
 from fedjax_keras.algorithms._state import ServerState as ServerState
+from fedjax_keras.algorithms._sweep import Sweep as Sweep
+from fedjax_keras.algorithms._sweep import SweepOutput as SweepOutput
+from fedjax_keras.algorithms._sweep import sweep as sweep

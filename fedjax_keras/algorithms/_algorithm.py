@@ -35,15 +35,18 @@ class Broadcast(NamedTuple):
     Attributes:
       model: the server's `ModelWeights`.
       algorithm_state: the algorithm's server state (SCAFFOLD's control variate).
+      hyperparams: per-run client hyper-parameters (``state.hyperparams['client']``,
+        a vmapped sweep's learning rates), ``{}`` for none.
     """
 
     model: ModelWeights
     algorithm_state: Any
+    hyperparams: Any = {}
 
 
 def default_broadcast(state) -> Broadcast:
-    """The server model and the algorithm state."""
-    return Broadcast(state.model, state.algorithm_state)
+    """The server model, the algorithm state and the clients' hyper-parameters."""
+    return Broadcast(state.model, state.algorithm_state, state.hyperparams.get("client", {}))
 
 
 class FederatedAlgorithm(NamedTuple):

@@ -97,7 +97,10 @@ def fed_avg_algorithm(
             client_state if non_trainable == "per_client" else server.non_trainable
         )
         return start_training(
-            model, client_opt, ModelWeights(server.trainable, start_non_trainable)
+            model,
+            client_opt,
+            ModelWeights(server.trainable, start_non_trainable),
+            getattr(broadcast, "hyperparams", None),
         )
 
     def finish(carry: TrainCarry, broadcast, client_state) -> ClientOutput:

@@ -22,7 +22,7 @@ number.
 
 import warnings
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,25 @@ def _bucket(rows: int) -> int:
         return max(rows, 1)
     power = 1 << (rows - 1).bit_length()
     return 3 * power // 4 if rows <= 3 * power // 4 else power
+
+
+class _PreparedRound(NamedTuple):
+    """A round planned on the host: everything its chunks and finish need."""
+
+    state: Any
+    plan: Any
+    inputs: RoundInputs
+    source: Any
+    stateful: bool
+    key_ids: np.ndarray
+    table_rows: np.ndarray
+    last: Any
+    reported: Any
+    work: Any
+    capacity: int
+    row_steps: int
+    round_num: int
+    seed: int
 
 
 class _Caches:
@@ -300,7 +319,10 @@ class FederatedProcess:
                 f"received {type(state).__name__}."
             )
         template, treedef, shapes = self._state_template()
-        mine = state.replace(client_states=_table_without_rows(state.client_states))
+        # Hyper-parameters in the state (a sweep's run) are checked where they are used.
+        mine = state.replace(
+            client_states=_table_without_rows(state.client_states), hyperparams={}
+        )
         leaves, received = jax.tree.flatten(mine)
         if received == treedef and [np.shape(a) for a in leaves] == shapes:
             return
@@ -428,8 +450,11 @@ class FederatedProcess:
     def _finish_impl(self, state, carry, seed_and_round):
         return finish_round(self.algorithm, self.model, state, carry, round_key(seed_and_round))
 
-    def _chunk(self, plan, index, source, cohort_info, stateful, row_steps):
-        key_ids, table_rows, last, reported, work = cohort_info
+    def _chunk(self, prepared: "_PreparedRound", index: int, row_steps: int):
+        """Chunk ``index`` of a prepared round, as host arrays."""
+        plan, source, stateful = prepared.plan, prepared.source, prepared.stateful
+        key_ids, table_rows, last = prepared.key_ids, prepared.table_rows, prepared.last
+        reported, work = prepared.reported, prepared.work
         batches = plan.chunk(index) if source is None else plan.chunk_rows(index)
         positions = np.asarray(batches.client_positions)
         at = np.maximum(positions, 0)
@@ -488,6 +513,27 @@ class FederatedProcess:
             ``max_nonfinite_rounds`` consecutive rounds.
           ValueError / TypeError: a cohort that does not fit the model or the state.
         """
+        prepared = self._prepare(state, cohort)
+        state, plan = prepared.state, prepared.plan
+        carry = self._start(state.aggregator_state, state.client_states, prepared.capacity)
+        carry = self.placement.replicated(carry)
+        bound = None
+        for index in range(plan.num_chunks):
+            chunk, host = self._chunk(prepared, index, prepared.row_steps)
+            if bound is None:
+                bound = self._executor_for(carry, prepared.inputs, chunk, host)
+            carry = bound(carry, prepared.inputs, chunk, host)
+        new_state, metrics, flags, reports = self._finish(
+            state, carry, prepared.inputs.seed_and_round
+        )
+        host_metrics = _to_host_metrics(metrics)
+        host_metrics.update(_client_reports(reports, plan))
+        new_state = self._advance(new_state, state, host_metrics, prepared, np.asarray(flags))
+        host_metrics["runner"] = bound.name
+        return RoundOutput(new_state, self._finish_metrics(new_state, host_metrics, prepared))
+
+    def _prepare(self, state: ServerState, cohort) -> "_PreparedRound":
+        """Checks ``state`` and ``cohort`` and plans the round on the host (nothing runs)."""
         self._check_state(state)
         from_list = not isinstance(cohort, FederatedData)
         cohort = as_cohort(cohort)
@@ -503,14 +549,13 @@ class FederatedProcess:
         self._check_labels(cohort)
         table = self._table_for(state, cohort)
         round_num, seed = int(state.round_num), int(state.seed)
-        num_devices = self.placement.num_devices
         plan = plan_cohort(
             cohort,
             batch_size=self.options.batch_size,
             epochs=self.options.epochs,
             shuffle=self.options.shuffle,
             seed=seed * 2**32 + round_num,
-            chunk_size=self.options.chunk_size_for(cohort.num_clients, num_devices),
+            chunk_size=self.options.chunk_size_for(cohort.num_clients, self.placement.num_devices),
             step_buckets=self.options.step_buckets,
         )
         seed_and_round = np.array([seed % 2**32, round_num % 2**32], np.uint32)
@@ -527,54 +572,55 @@ class FederatedProcess:
         reported = work = None
         if unreliable is not None and unreliable.active:
             reported, work = unreliable.draw(seed, round_num, cohort.num_clients)
-        cohort_info = (
-            client_key_ids(cohort.population_ids),
-            positions,
-            _last_occurrence(positions) if stateful else None,
-            reported,
-            work,
-        )
         reports = jax.tree.leaves(self._output_spec().report)
         needs_slots = self.algorithm.aggregator.stacked or bool(reports)
-        capacity = plan.num_chunks * plan.chunk_size if needs_slots else 0
-        carry = self._start(state.aggregator_state, state.client_states, capacity)
-        carry = self.placement.replicated(carry)
-        row_steps = 1 << (int(plan.chunk_steps.max()) - 1).bit_length()
-        bound = None
-        for index in range(plan.num_chunks):
-            chunk, host = self._chunk(plan, index, source, cohort_info, stateful, row_steps)
-            if bound is None:
-                bound = self._executor_for(carry, inputs, chunk, host)
-            carry = bound(carry, inputs, chunk, host)
-        new_state, metrics, flags, reports = self._finish(state, carry, seed_and_round)
-        host_metrics = _to_host_metrics(metrics)
-        host_metrics.update(_client_reports(reports, plan))
-        nonfinite = bool(host_metrics["server_update_nonfinite"])
-        streak = int(state.nonfinite_rounds) + 1 if nonfinite else 0
-        new_state = new_state.replace(
-            round_num=np.int64(round_num + 1),
-            seed=np.int64(seed),
-            nonfinite_rounds=np.int64(streak),
+        return _PreparedRound(
+            state=state,
+            plan=plan,
+            inputs=inputs,
+            source=source,
+            stateful=stateful,
+            key_ids=client_key_ids(cohort.population_ids),
+            table_rows=positions,
+            last=_last_occurrence(positions) if stateful else None,
+            reported=reported,
+            work=work,
+            capacity=plan.num_chunks * plan.chunk_size if needs_slots else 0,
+            row_steps=1 << (int(plan.chunk_steps.max()) - 1).bit_length(),
+            round_num=round_num,
+            seed=seed,
         )
+
+    def _advance(self, new_state, state, metrics: dict, prepared, flags) -> ServerState:
+        """The round counters of the new state; raises after too many non-finite updates."""
+        nonfinite = bool(metrics["server_update_nonfinite"])
+        streak = int(state.nonfinite_rounds) + 1 if nonfinite else 0
         if nonfinite and streak >= self.options.max_nonfinite_rounds:
             raise NonFiniteServerUpdateError(
-                _nonfinite_message(self.name, round_num, state, np.asarray(flags), streak)
+                _nonfinite_message(self.name, prepared.round_num, state, flags, streak)
             )
-        if reported is not None:
-            host_metrics["num_unreported_clients"] = int(np.sum(~reported))
-            host_metrics["num_stragglers"] = int(np.sum(reported & (work < 1)))
-        host_metrics["padding_fraction"] = float(plan.padding_fraction)
-        host_metrics["runner"] = bound.name
+        return new_state.replace(
+            round_num=np.int64(prepared.round_num + 1),
+            seed=np.int64(prepared.seed),
+            nonfinite_rounds=np.int64(streak),
+        )
+
+    def _finish_metrics(self, new_state, metrics: dict, prepared) -> dict:
+        """Host-side metrics: unreliable clients, padding, the host_metrics functions."""
+        if prepared.reported is not None:
+            metrics["num_unreported_clients"] = int(np.sum(~prepared.reported))
+            metrics["num_stragglers"] = int(np.sum(prepared.reported & (prepared.work < 1)))
+        metrics["padding_fraction"] = float(prepared.plan.padding_fraction)
         for hook in self.options.host_metrics:
-            extra = hook(new_state, dict(host_metrics))
+            extra = hook(new_state, dict(metrics))
             if not isinstance(extra, dict):
                 raise TypeError(
                     f"host_metrics function {hook!r} returned {type(extra).__name__}; expected "
                     "a dict of metric names to values."
                 )
-            host_metrics.update(extra)
-        _warn_if_empty(host_metrics, round_num)
-        return RoundOutput(new_state, host_metrics)
+            metrics.update(extra)
+        _warn_if_empty(metrics, prepared.round_num)
+        return metrics
 
 
 def _table_without_rows(table):

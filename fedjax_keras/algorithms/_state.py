@@ -1,5 +1,6 @@
 """The state of a federated process between rounds, and what a round returns."""
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -29,6 +30,10 @@ class ServerState:
         it determines every random choice of the next round.
       nonfinite_rounds: int64 scalar, consecutive rounds whose server update
         was not finite and was not applied.
+      hyperparams: hyper-parameters that are arrays of the state rather than
+        constants of the program (``{'client': {'learning_rate': ...}}``), so
+        that runs with different values share one compiled program (sweeps);
+        ``{}`` for none.
     """
 
     model: ModelWeights
@@ -39,6 +44,7 @@ class ServerState:
     round_num: Any = np.int64(0)
     seed: Any = np.int64(0)
     nonfinite_rounds: Any = np.int64(0)
+    hyperparams: Any = dataclasses.field(default_factory=dict)
 
     @property
     def extra(self) -> Any:

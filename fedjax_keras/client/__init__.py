@@ -9,4 +9,5 @@ from fedjax_keras.client._local_update import round_key as round_key
 from fedjax_keras.client._local_update import start_training as start_training
 from fedjax_keras.client._local_update import step_key as step_key
 from fedjax_keras.client._local_update import training_step as training_step
+from fedjax_keras.client._local_update import with_hyperparams as with_hyperparams
 from fedjax_keras.client._table import ClientTable as ClientTable

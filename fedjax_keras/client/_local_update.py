@@ -119,6 +119,31 @@ class TrainCarry(NamedTuple):
     num_steps: jax.Array
 
 
+def with_hyperparams(optimizer_state, hyperparams: dict):
+    """``optimizer_state`` of an ``optax.inject_hyperparams`` optimizer with new values.
+
+    Raises:
+      ValueError: the state has no injected hyper-parameters, or not these names.
+    """
+    current = getattr(optimizer_state, "hyperparams", None)
+    if current is None:
+        raise ValueError(
+            "Per-run hyper-parameters need an optimizer whose hyper-parameters live in its "
+            "state: build it with optax.inject_hyperparams, e.g. "
+            "optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)."
+        )
+    unknown = sorted(set(hyperparams) - set(current))
+    if unknown:
+        raise ValueError(
+            f"The optimizer has no hyper-parameters {unknown}; it has {sorted(current)}."
+        )
+    merged = {
+        name: jnp.asarray(hyperparams.get(name, value), jnp.result_type(value))
+        for name, value in current.items()
+    }
+    return optimizer_state._replace(hyperparams=merged)
+
+
 def round_key(seed_and_round) -> jax.Array:
     """The key of a round from uint32 [2] ``(seed, round)``, computed inside the programs."""
     base = jax.random.fold_in(jax.random.PRNGKey(0), seed_and_round[0])
@@ -178,11 +203,26 @@ def training_step(
     return step
 
 
-def start_training(model: Model, optimizer: Optimizer, weights: ModelWeights) -> TrainCarry:
-    """The carry before a client's first step, starting from ``weights``."""
+def start_training(
+    model: Model, optimizer: Optimizer, weights: ModelWeights, hyperparams=None
+) -> TrainCarry:
+    """The carry before a client's first step, starting from ``weights``.
+
+    Args:
+      model: the wrapped model.
+      optimizer: the client optimizer.
+      weights: the starting weights.
+      hyperparams: values (arrays) for the optimizer's injected hyper-parameters
+        (an ``optax.inject_hyperparams`` optimizer, e.g. ``{'learning_rate':
+        lr}``), overriding those it was built with: how a vmapped sweep gives
+        every run its own learning rate. None or ``{}`` keeps them.
+    """
+    optimizer_state = optimizer.init(weights.trainable)
+    if hyperparams:
+        optimizer_state = with_hyperparams(optimizer_state, hyperparams)
     return TrainCarry(
         weights,
-        optimizer.init(weights.trainable),
+        optimizer_state,
         model.init_metrics(),
         jnp.zeros((), jnp.float32),
         jnp.zeros((), jnp.int32),

@@ -1,0 +1,94 @@
+"""Sweeps: K runs vmapped in one program equal K separate runs, and compile once."""
+
+import numpy as np
+import optax
+import pytest
+from engine_reference import make_clients, wrap
+from test_executors import _CompileCounter
+
+import fedjax_keras as fk
+from fedjax_keras.algorithms import build_fed_prox, build_weighted_fed_avg
+from fedjax_keras.testing import assert_trees_all_close, toy_models
+
+SEEDS = [0, 1, 2]
+CLIENT_LRS = [0.05, 0.1, 0.2]
+SERVER_LRS = [1.0, 0.5, 1.0]
+ENGINE = {"batch_size": 3, "chunk_size": 4, "runner": "vmap"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return wrap(toy_models.mlp(dropout=0.5, seed=91))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_clients([6, 3, 8, 5, 2, 7, 4, 6, 9, 1], seed=92)
+
+
+def _separate(model, data, k, cohorts, build=build_weighted_fed_avg, **kwargs):
+    process = build(
+        model, optax.sgd(CLIENT_LRS[k]), optax.sgd(SERVER_LRS[k]), **ENGINE, **kwargs
+    )
+    state = process.initialize(SEEDS[k])
+    for cohort in cohorts:
+        out = process.next(state, cohort)
+        state = out.state
+    return out
+
+
+@pytest.mark.parametrize("per_run_cohorts", [False, True])
+def test_each_run_equals_a_separate_run(model, data, per_run_cohorts):
+    sweep = fk.sweep(
+        lambda c, s: build_weighted_fed_avg(model, c, s, **ENGINE), SEEDS, CLIENT_LRS, SERVER_LRS
+    )
+    states = sweep.initialize()
+
+    def cohorts_of(k):
+        seed = SEEDS[k] if per_run_cohorts else 0
+        return [data.sample_clients(5, seed=[seed, r]) for r in range(3)]
+
+    for r in range(3):
+        cohorts = [cohorts_of(k)[r] for k in range(3)] if per_run_cohorts else cohorts_of(0)[r]
+        out = sweep.next(states, cohorts)
+        states = out.state
+    assert out.metrics["loss"].shape == (3,)
+    for k in range(3):
+        alone = _separate(model, data, k, cohorts_of(k))
+        assert_trees_all_close(sweep.run_state(states, k).model, alone.state.model, 1e-5, 1e-6)
+        assert out.metrics["loss"][k] == pytest.approx(alone.metrics["loss"], rel=1e-5)
+        assert int(sweep.run_state(states, k).round_num) == 3
+
+
+def test_a_sweep_compiles_once_whatever_the_runs(model, data):
+    sweep = fk.sweep(
+        lambda c, s: build_fed_prox(model, c, s, mu=0.1, **ENGINE), SEEDS, CLIENT_LRS
+    )
+    states = sweep.initialize()
+    with _CompileCounter() as compiles:
+        for r in range(5):
+            states = sweep.next(states, data.sample_clients(5, seed=r)).state
+            if r == 1:
+                warm = len(compiles.names)
+    assert compiles.names[warm:] == []
+    alone = _separate(
+        model, data, 2, [data.sample_clients(5, seed=r) for r in range(5)], build_fed_prox, mu=0.1
+    )
+    assert_trees_all_close(sweep.run_state(states, 2).model, alone.state.model, 1e-5, 1e-6)
+
+
+def test_mistakes_are_named(model, data):
+    stepwise = lambda c, s: build_weighted_fed_avg(model, c, s, runner="sequential")  # noqa: E731
+    with pytest.raises(ValueError, match="runner='vmap'"):
+        fk.sweep(stepwise, [0, 1], 0.1)
+    plain = lambda c, s: build_weighted_fed_avg(model, c, s, **ENGINE)  # noqa: E731
+    with pytest.raises(ValueError, match="one value per run"):
+        fk.sweep(plain, [0, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="seeds must be"):
+        fk.sweep(plain, [], 0.1)
+    sweep = fk.sweep(plain, [0, 1], 0.1)
+    with pytest.raises(ValueError, match="one per run"):
+        sweep.next(sweep.initialize(), [data, data, data])
+    lists = [[{"x": np.zeros((3, 4), np.float32), "y": np.zeros(3, np.int32)}]] * 2
+    with pytest.raises(ValueError, match="one FederatedData"):
+        sweep.next(sweep.initialize(), lists)
