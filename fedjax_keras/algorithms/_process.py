@@ -320,9 +320,7 @@ class FederatedProcess:
             )
         template, treedef, shapes = self._state_template()
         # Hyper-parameters in the state (a sweep's run) are checked where they are used.
-        mine = state.replace(
-            client_states=_table_without_rows(state.client_states), hyperparams={}
-        )
+        mine = state.replace(client_states=_table_without_rows(state.client_states), hyperparams={})
         leaves, received = jax.tree.flatten(mine)
         if received == treedef and [np.shape(a) for a in leaves] == shapes:
             return
@@ -517,12 +515,25 @@ class FederatedProcess:
         state, plan = prepared.state, prepared.plan
         carry = self._start(state.aggregator_state, state.client_states, prepared.capacity)
         carry = self.placement.replicated(carry)
-        bound = None
-        for index in range(plan.num_chunks):
-            chunk, host = self._chunk(prepared, index, prepared.row_steps)
-            if bound is None:
-                bound = self._executor_for(carry, prepared.inputs, chunk, host)
-            carry = bound(carry, prepared.inputs, chunk, host)
+        first = self._chunk(prepared, 0, prepared.row_steps)
+        bound = self._executor_for(carry, prepared.inputs, *first)
+        if prepared.source is not None and hasattr(bound, "run_chunks"):
+            # Row indices only (the examples stay on the device): small enough to
+            # hand the executor the whole round at once.
+            parts = [first] + [
+                self._chunk(prepared, i, prepared.row_steps) for i in range(1, plan.num_chunks)
+            ]
+            carry = bound.run_chunks(
+                carry, prepared.inputs, [c for c, _ in parts], [h for _, h in parts]
+            )
+        else:
+            # Batches built on the host: one chunk at a time, so host memory
+            # follows the chunk size, not the cohort.
+            for index in range(plan.num_chunks):
+                chunk, host = (
+                    first if index == 0 else self._chunk(prepared, index, prepared.row_steps)
+                )
+                carry = bound(carry, prepared.inputs, chunk, host)
         new_state, metrics, flags, reports = self._finish(
             state, carry, prepared.inputs.seed_and_round
         )

@@ -80,6 +80,7 @@ class _BoundVmap:
         self._placement = placement
         self._scan_unroll = scan_unroll
         self._run = placement.jit(self._run_chunk, donate_argnums=(0,))
+        self._run_all = placement.jit(self._run_stacked_chunks, donate_argnums=(0,))
 
     def _run_chunk(self, carry, inputs: RoundInputs, chunk: Chunk, num_steps):
         cp, program = self._chunk_program, self._chunk_program.program
@@ -118,6 +119,29 @@ class _BoundVmap:
             carries, inputs.broadcast, states
         )
         return cp.absorb(carry, inputs.aggregator_state, outputs, chunk.info, rows, keys)
+
+    def _run_stacked_chunks(self, carry, inputs: RoundInputs, chunks: Chunk, num_steps):
+        """Every chunk of a round (leaves [chunks, clients, ...]) in one program."""
+
+        def one(index, carry):
+            chunk = jax.tree.map(
+                lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), chunks
+            )
+            return self._run_chunk(carry, inputs, chunk, num_steps[index])
+
+        return jax.lax.fori_loop(0, num_steps.shape[0], one, carry)
+
+    def run_chunks(self, carry, inputs: RoundInputs, chunks: list, hosts: list):
+        """Runs a round's chunks; on one device, with rows into a device-resident
+        source (chunks of one shape), all of them in one call: one dispatch per
+        round instead of one per chunk."""
+        if len(chunks) == 1 or not self._placement.single_device or chunks[0].rows is None:
+            for chunk, host in zip(chunks, hosts):
+                carry = self(carry, inputs, chunk, host)
+            return carry
+        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *chunks)
+        steps = np.array([self._num_steps(host) for host in hosts], np.int32)
+        return self._run_all(carry, inputs, stacked, steps)
 
     @staticmethod
     def _num_steps(host: HostChunk):
