@@ -19,5 +19,7 @@ from fedjax_keras.algorithms._registry import get_algorithm as get_algorithm
 from fedjax_keras.algorithms._registry import register as register
 from fedjax_keras.algorithms._registry import unregister as unregister
 from fedjax_keras.algorithms._scaffold import build_scaffold as build_scaffold
+from fedjax_keras.algorithms._schedules import RoundBroadcast as RoundBroadcast
+from fedjax_keras.algorithms._schedules import broadcast_with_round as broadcast_with_round
 from fedjax_keras.algorithms._state import RoundOutput as RoundOutput
 from fedjax_keras.algorithms._state import ServerState as ServerState
