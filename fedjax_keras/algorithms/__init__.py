@@ -1,6 +1,7 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
-FedAvg (weighted, unweighted), FedOpt, FedProx, FedSGD, SCAFFOLD, evaluation.
+FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
+FedSGD, SCAFFOLD, evaluation.
 """
 
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
@@ -8,6 +9,10 @@ from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAl
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
+from fedjax_keras.algorithms._fed_opt import adaptive_server_optimizer as adaptive_server_optimizer
+from fedjax_keras.algorithms._fed_opt import build_fed_adagrad as build_fed_adagrad
+from fedjax_keras.algorithms._fed_opt import build_fed_adam as build_fed_adam
+from fedjax_keras.algorithms._fed_opt import build_fed_yogi as build_fed_yogi
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
