@@ -1,7 +1,7 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
 FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
-FedSGD, SCAFFOLD, evaluation.
+FedSGD, SCAFFOLD, Mime, MimeLite, evaluation.
 """
 
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
@@ -15,6 +15,10 @@ from fedjax_keras.algorithms._fed_opt import build_fed_adam as build_fed_adam
 from fedjax_keras.algorithms._fed_opt import build_fed_yogi as build_fed_yogi
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
+from fedjax_keras.algorithms._mime import MimeBroadcast as MimeBroadcast
+from fedjax_keras.algorithms._mime import MimeState as MimeState
+from fedjax_keras.algorithms._mime import build_mime as build_mime
+from fedjax_keras.algorithms._mime import build_mime_lite as build_mime_lite
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry as AlgorithmEntry
