@@ -1,7 +1,7 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
 FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
-FedSGD, SCAFFOLD, Mime, MimeLite, evaluation.
+FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, evaluation.
 """
 
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
@@ -9,6 +9,7 @@ from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAl
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
+from fedjax_keras.algorithms._fed_nova import build_fed_nova as build_fed_nova
 from fedjax_keras.algorithms._fed_opt import adaptive_server_optimizer as adaptive_server_optimizer
 from fedjax_keras.algorithms._fed_opt import build_fed_adagrad as build_fed_adagrad
 from fedjax_keras.algorithms._fed_opt import build_fed_adam as build_fed_adam
