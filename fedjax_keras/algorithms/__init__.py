@@ -1,13 +1,15 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
 FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
-FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, evaluation.
+FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, FedDyn, evaluation.
 """
 
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
+from fedjax_keras.algorithms._fed_dyn import FedDynState as FedDynState
+from fedjax_keras.algorithms._fed_dyn import build_fed_dyn as build_fed_dyn
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
 from fedjax_keras.algorithms._fed_nova import build_fed_nova as build_fed_nova
 from fedjax_keras.algorithms._fed_opt import adaptive_server_optimizer as adaptive_server_optimizer
