@@ -1,13 +1,15 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
 FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
-FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, FedDyn, evaluation.
+FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, FedDyn, FedBuff, evaluation.
 """
 
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
+from fedjax_keras.algorithms._fed_buff import FedBuffState as FedBuffState
+from fedjax_keras.algorithms._fed_buff import build_fed_buff as build_fed_buff
 from fedjax_keras.algorithms._fed_dyn import FedDynState as FedDynState
 from fedjax_keras.algorithms._fed_dyn import build_fed_dyn as build_fed_dyn
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
