@@ -1,15 +1,29 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
-FedAvg (weighted, unweighted), FedOpt, FedProx, FedSGD, SCAFFOLD, evaluation.
+FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
+FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, FedDyn, FedBuff, evaluation.
 """
 
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
+from fedjax_keras.algorithms._fed_buff import FedBuffState as FedBuffState
+from fedjax_keras.algorithms._fed_buff import build_fed_buff as build_fed_buff
+from fedjax_keras.algorithms._fed_dyn import FedDynState as FedDynState
+from fedjax_keras.algorithms._fed_dyn import build_fed_dyn as build_fed_dyn
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
+from fedjax_keras.algorithms._fed_nova import build_fed_nova as build_fed_nova
+from fedjax_keras.algorithms._fed_opt import adaptive_server_optimizer as adaptive_server_optimizer
+from fedjax_keras.algorithms._fed_opt import build_fed_adagrad as build_fed_adagrad
+from fedjax_keras.algorithms._fed_opt import build_fed_adam as build_fed_adam
+from fedjax_keras.algorithms._fed_opt import build_fed_yogi as build_fed_yogi
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
+from fedjax_keras.algorithms._mime import MimeBroadcast as MimeBroadcast
+from fedjax_keras.algorithms._mime import MimeState as MimeState
+from fedjax_keras.algorithms._mime import build_mime as build_mime
+from fedjax_keras.algorithms._mime import build_mime_lite as build_mime_lite
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry as AlgorithmEntry
@@ -19,6 +33,8 @@ from fedjax_keras.algorithms._registry import get_algorithm as get_algorithm
 from fedjax_keras.algorithms._registry import register as register
 from fedjax_keras.algorithms._registry import unregister as unregister
 from fedjax_keras.algorithms._scaffold import build_scaffold as build_scaffold
+from fedjax_keras.algorithms._schedules import RoundBroadcast as RoundBroadcast
+from fedjax_keras.algorithms._schedules import broadcast_with_round as broadcast_with_round
 from fedjax_keras.algorithms._state import RoundOutput as RoundOutput
 from fedjax_keras.algorithms._state import ServerState as ServerState
 from fedjax_keras.algorithms._sweep import Sweep as Sweep

@@ -19,6 +19,7 @@ import optax
 from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
 from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.algorithms._schedules import client_optimizer_source
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
@@ -66,6 +67,7 @@ def fed_avg_algorithm(
     non_trainable: str = "broadcast",
     grad_correction: GradCorrection | None = None,
     aggregator: Aggregator | None = None,
+    client_learning_rate_schedule=None,
     name: str = "fed_avg",
 ) -> FederatedAlgorithm:
     """FedAvg as a `FederatedAlgorithm`, with optional gradient correction (FedProx).
@@ -79,6 +81,9 @@ def fed_avg_algorithm(
         final values) or ``'per_client'`` (each client keeps its own, FedBN).
       grad_correction: ``(grads, trainable, (broadcast, client_state)) -> grads``.
       aggregator: combines the clients' deltas (default: `mean`).
+      client_learning_rate_schedule: None, or ``round -> learning rate``;
+        then ``client_optimizer`` is ``learning rate -> optax transform``
+        (see `fedjax_keras.algorithms._schedules`).
       name: for messages.
     """
     require_model(model)
@@ -86,9 +91,10 @@ def fed_avg_algorithm(
     check_choice(non_trainable, NON_TRAINABLE_POLICIES, "non_trainable")
     delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
     template = model.initial_weights.trainable
-    client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
+    client_opt, broadcast_fn = client_optimizer_source(
+        client_optimizer, client_learning_rate_schedule, template
+    )
     server_opt = as_optimizer(server_optimizer, template, argument="server_optimizer")
-    step = training_step(model, client_opt, grad_correction)
     averaged = non_trainable == "average"
 
     def start(broadcast, client_state) -> TrainCarry:
@@ -98,10 +104,14 @@ def fed_avg_algorithm(
         )
         return start_training(
             model,
-            client_opt,
+            client_opt(broadcast),
             ModelWeights(server.trainable, start_non_trainable),
             getattr(broadcast, "hyperparams", None),
         )
+
+    def step(carry: TrainCarry, batch, key, broadcast, client_state) -> TrainCarry:
+        local_step = training_step(model, client_opt(broadcast), grad_correction)
+        return local_step(carry, batch, key, broadcast, client_state)
 
     def finish(carry: TrainCarry, broadcast, client_state) -> ClientOutput:
         final = carry.weights
@@ -133,6 +143,7 @@ def fed_avg_algorithm(
             if averaged
             else delta_aggregator
         ),
+        broadcast=broadcast_fn,
         client_state_init=(lambda w: w.non_trainable) if non_trainable == "per_client" else None,
     )
 
@@ -144,6 +155,7 @@ def build_weighted_fed_avg(
     *,
     non_trainable: str = "broadcast",
     aggregator: Aggregator | None = None,
+    client_learning_rate_schedule=None,
     **engine_options,
 ) -> FederatedProcess:
     """FedAvg with client updates weighted by their number of examples (TFF's name).
@@ -154,7 +166,9 @@ def build_weighted_fed_avg(
     Args:
       model: from `fedjax_keras.from_keras_model`.
       client_optimizer: optax transform, Keras optimizer, or zero-argument
-        callable returning one (TFF's ``client_optimizer_fn``).
+        callable returning one (TFF's ``client_optimizer_fn``); with
+        ``client_learning_rate_schedule``, a function ``learning rate -> optax
+        transform`` (``optax.sgd``).
       server_optimizer: applied to the pseudo-gradient ``-aggregate``;
         default ``optax.sgd(1.0)`` (plain averaging).
       non_trainable: what happens to non-trainable weights (BatchNorm
@@ -164,6 +178,12 @@ def build_weighted_fed_avg(
       aggregator: how the clients' deltas are combined, a
         `fedjax_keras.aggregation.Aggregator` (default: ``mean()``, weighted
         by example counts; e.g. ``clipped(1.0, mean())``).
+      client_learning_rate_schedule: None, or ``round -> client learning
+        rate`` (an optax schedule, evaluated at the round number inside the
+        compiled program: nothing recompiles; TFF's
+        ``build_weighted_fed_avg_with_optimizer_schedule``). For a server
+        schedule, give the server optimizer one (``optax.sgd(schedule)``): it
+        steps once per round.
       **engine_options: see `fedjax_keras.algorithms.EngineOptions`:
         ``batch_size`` (20), ``epochs`` (1), ``shuffle`` (True), ``chunk_size``,
         ``step_buckets``, ``runner``, ``group_size``, ``data_placement``,
@@ -187,6 +207,7 @@ def build_weighted_fed_avg(
         weighting="num_examples",
         non_trainable=non_trainable,
         aggregator=aggregator,
+        client_learning_rate_schedule=client_learning_rate_schedule,
         name="weighted_fed_avg",
     )
     return FederatedProcess(model, algorithm, **engine_options)
@@ -199,6 +220,7 @@ def build_unweighted_fed_avg(
     *,
     non_trainable: str = "broadcast",
     aggregator: Aggregator | None = None,
+    client_learning_rate_schedule=None,
     **engine_options,
 ) -> FederatedProcess:
     """FedAvg with every client that has examples weighted equally.
@@ -212,6 +234,7 @@ def build_unweighted_fed_avg(
         weighting="uniform",
         non_trainable=non_trainable,
         aggregator=aggregator,
+        client_learning_rate_schedule=client_learning_rate_schedule,
         name="unweighted_fed_avg",
     )
     return FederatedProcess(model, algorithm, **engine_options)

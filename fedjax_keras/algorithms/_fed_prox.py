@@ -22,6 +22,7 @@ def build_fed_prox(
     weighting: str = "num_examples",
     non_trainable: str = "broadcast",
     aggregator: Aggregator | None = None,
+    client_learning_rate_schedule=None,
     **engine_options,
 ) -> FederatedProcess:
     """FedProx with proximal strength ``mu`` (TFF: ``build_weighted_fed_prox``).
@@ -32,6 +33,9 @@ def build_fed_prox(
       weighting: 'num_examples' or 'uniform'.
       non_trainable: 'broadcast', 'average' or 'per_client'.
       aggregator: combines the clients' deltas (default: the weighted mean).
+      client_learning_rate_schedule: None, or ``round -> client learning
+        rate``; then ``client_optimizer`` is ``learning rate -> optax
+        transform`` (see `build_weighted_fed_avg`).
       **engine_options: see `build_weighted_fed_avg`.
     """
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
@@ -52,6 +56,7 @@ def build_fed_prox(
         non_trainable=non_trainable,
         grad_correction=proximal,
         aggregator=aggregator,
+        client_learning_rate_schedule=client_learning_rate_schedule,
         name="fed_prox",
     )
     return FederatedProcess(model, algorithm, **engine_options)

@@ -97,7 +97,7 @@ def get_algorithm(name: str) -> AlgorithmEntry:
 def _register_builtin() -> None:
     # The FedAvg family lives here rather than in each file: their CLI
     # settings are a line each. New algorithms register in their own file.
-    from fedjax_keras.algorithms import _fed_avg, _fed_prox, _fed_sgd, _scaffold
+    from fedjax_keras.algorithms import _fed_avg, _fed_opt, _fed_prox, _fed_sgd, _scaffold
 
     def fed_avg(weighted):
         build = _fed_avg.build_weighted_fed_avg if weighted else _fed_avg.build_unweighted_fed_avg
@@ -105,10 +105,15 @@ def _register_builtin() -> None:
             model, optax.sgd(s.client_lr), optax.sgd(s.server_rate(1.0)), **engine
         )
 
-    def fed_opt(optimizer, default_lr):
-        # Reddi et al. (arXiv:2003.00295): tau (eps) = 1e-3; Adam/Yogi with b2 = 0.99.
-        return lambda model, s, **engine: _fed_avg.build_weighted_fed_avg(
-            model, optax.sgd(s.client_lr), optimizer(s.server_rate(default_lr)), **engine
+    def fed_opt(build, default_lr):
+        # Reddi et al. (arXiv:2003.00295): the paper's rule and defaults (_fed_opt.py);
+        # the options are beta1, beta2 (not for Adagrad) and tau.
+        return lambda model, s, **engine: build(
+            model,
+            optax.sgd(s.client_lr),
+            s.server_rate(default_lr),
+            **{name: float(value) for name, value in s.options.items()},
+            **engine,
         )
 
     fedavg_paper = "McMahan et al. 2017, arXiv:1602.05629"
@@ -168,27 +173,30 @@ def _register_builtin() -> None:
         ),
         AlgorithmEntry(
             "fedadam",
-            "build_weighted_fed_avg(server_optimizer=optax.adam(...))",
-            "FedOpt with Adam on the server (b1 0.9, b2 0.99, eps 1e-3)",
+            "build_fed_adam",
+            "FedOpt: the paper's Adam on the pseudo-gradient (b1 0.9, b2 0.99, tau 1e-3)",
             reddi,
-            fed_opt(lambda lr: optax.adam(lr, b1=0.9, b2=0.99, eps=1e-3), 0.01),
+            fed_opt(_fed_opt.build_fed_adam, 0.01),
             default_server_lr=0.01,
+            options={"beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
         ),
         AlgorithmEntry(
             "fedyogi",
-            "build_weighted_fed_avg(server_optimizer=optax.yogi(...))",
-            "FedOpt with Yogi on the server (b1 0.9, b2 0.99, eps 1e-3)",
+            "build_fed_yogi",
+            "FedOpt: the paper's Yogi on the pseudo-gradient (b1 0.9, b2 0.99, tau 1e-3)",
             reddi,
-            fed_opt(lambda lr: optax.yogi(lr, b1=0.9, b2=0.99, eps=1e-3), 0.01),
+            fed_opt(_fed_opt.build_fed_yogi, 0.01),
             default_server_lr=0.01,
+            options={"beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
         ),
         AlgorithmEntry(
             "fedadagrad",
-            "build_weighted_fed_avg(server_optimizer=optax.adagrad(...))",
-            "FedOpt with Adagrad on the server (eps 1e-3)",
+            "build_fed_adagrad",
+            "FedOpt: the paper's Adagrad (with momentum b1 0.9) on the pseudo-gradient, tau 1e-3",
             reddi,
-            fed_opt(lambda lr: optax.adagrad(lr, eps=1e-3), 0.1),
+            fed_opt(_fed_opt.build_fed_adagrad, 0.1),
             default_server_lr=0.1,
+            options={"beta1": 0.9, "tau": 1e-3},
         ),
     ):
         register(entry)

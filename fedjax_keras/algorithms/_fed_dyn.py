@@ -1,0 +1,189 @@
+"""FedDyn: dynamic regularisation aligns the clients' minima with the global one.
+
+Acar et al., "Federated Learning Based on Dynamic Regularization", ICLR 2021,
+arXiv:2111.04263, Algorithm 1. Each client ``k`` keeps ``g_k``, its last
+local gradient state (zero for a client never seen), in the state's client
+table; the server keeps ``h``. In round ``t``, from the server weights ``x``:
+
+    client k:  y_k ~ argmin  L_k(y) - <g_k, y> + alpha / 2 ||y - x||^2
+               (local steps on grad L_k(y) - g_k + alpha (y - x))
+               g_k <- g_k - alpha (y_k - x)
+    server:    h   <- h - alpha / m * sum_{k in cohort} (y_k - x)
+               x   <- mean_k(y_k) - h / alpha
+
+``m`` is the population size (the client table's rows). The server's last
+line is taken through the server optimizer as the pseudo-gradient step
+``x <- x + (mean_k(y_k - x) - h / alpha)``: ``optax.sgd(1.0)`` (the
+default) is the paper's rule.
+
+``h / alpha = -(1/m) * sum over all past rounds and clients of (y_k - x)``
+does not depend on ``alpha``: as ``alpha -> 0`` the clients run plain local
+SGD (FedAvg's) but the server still adds that running mean of past deltas,
+so FedDyn does not reduce to FedAvg (the tests check both facts).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean, sum
+from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
+from fedjax_keras.algorithms._fed_avg import (
+    WEIGHTINGS,
+    client_weight,
+    default_server_optimizer,
+    pseudo_gradient_step,
+)
+from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.algorithms._registry import AlgorithmEntry, register
+from fedjax_keras.algorithms._schedules import client_optimizer_source
+from fedjax_keras.client import (
+    ClientOutput,
+    ClientProgram,
+    TrainCarry,
+    start_training,
+    training_step,
+)
+from fedjax_keras.models import Model
+from fedjax_keras.optimizers import as_optimizer
+
+
+class FedDynState(NamedTuple):
+    """FedDyn's server state.
+
+    Attributes:
+      h: pytree like the trainable weights: the server's drift estimate.
+    """
+
+    h: object
+
+
+def build_fed_dyn(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    alpha: float = 0.01,
+    population_size: int | None = None,
+    weighting: str = "uniform",
+    aggregator: Aggregator | None = None,
+    client_learning_rate_schedule=None,
+    **engine_options,
+) -> FederatedProcess:
+    """FedDyn (Acar et al. 2021, arXiv:2111.04263); the rule is in the module docstring.
+
+    Args:
+      model: from `from_keras_model`.
+      client_optimizer: the local solver, as in `build_weighted_fed_avg`
+        (the paper uses SGD); it steps on ``grad L_k(y) - g_k + alpha (y - x)``.
+      server_optimizer: applied to ``-(mean(y_k - x) - h / alpha)``; default
+        ``optax.sgd(1.0)``, the paper's ``x <- mean(y_k) - h / alpha``.
+      alpha: the regularisation strength, > 0 (the paper tries 1e-1 to 1e-3).
+      population_size: ``m``, the clients of the population (the client
+        table's rows); None: the first cohort's population.
+      weighting: for ``mean(y_k)``: 'uniform' (the paper's) or 'num_examples'.
+      aggregator: combines the deltas ``y_k - x`` into the mean (default: the
+        weighted mean); ``h`` always takes their plain sum over the cohort.
+      client_learning_rate_schedule: see `build_weighted_fed_avg`.
+      **engine_options: see `build_weighted_fed_avg`.
+
+    Returns:
+      A `FederatedProcess` whose state keeps ``h`` (``state.algorithm_state.h``)
+      and each client's ``g_k`` (``state.client_states``); its rounds report
+      ``h_norm``.
+
+    Example:
+      >>> process = build_fed_dyn(model, optax.sgd(0.05), alpha=0.01, batch_size=10,
+      ...     population_size=data.num_clients)
+    """
+    require_model(model)
+    check_choice(weighting, WEIGHTINGS, "weighting")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(
+            f"alpha must be a number > 0 (FedDyn divides by it); received {alpha!r}. For "
+            "local training without the dynamic regulariser use build_weighted_fed_avg."
+        )
+    alpha = float(alpha)
+    template = model.initial_weights.trainable
+    client_opt, broadcast_fn = client_optimizer_source(
+        client_optimizer, client_learning_rate_schedule, template
+    )
+    server_opt = as_optimizer(
+        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
+    )
+    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
+
+    def dynamic(grads, trainable, context):
+        broadcast, gradient_state = context
+        return jax.tree.map(
+            lambda g, gk, y, x: g - gk + alpha * (y - x),
+            grads,
+            gradient_state,
+            trainable,
+            broadcast.model.trainable,
+        )
+
+    def start(broadcast, gradient_state) -> TrainCarry:
+        return start_training(model, client_opt(broadcast), broadcast.model)
+
+    def step(carry: TrainCarry, batch, key, broadcast, gradient_state) -> TrainCarry:
+        local = training_step(model, client_opt(broadcast), dynamic)
+        return local(carry, batch, key, broadcast, gradient_state)
+
+    def finish(carry: TrainCarry, broadcast, gradient_state) -> ClientOutput:
+        delta = jax.tree.map(jnp.subtract, carry.weights.trainable, broadcast.model.trainable)
+        return ClientOutput(
+            update={"delta": delta, "sum": delta},
+            weight=client_weight(carry.num_examples, weighting),
+            metrics=carry.metrics,
+            loss_sum=carry.loss_sum,
+            num_examples=carry.num_examples,
+            client_state=jax.tree.map(lambda gk, d: gk - alpha * d, gradient_state, delta),
+        )
+
+    def server_update(state, aggregate, key):
+        del key
+        population = state.client_states.population_size
+        h = jax.tree.map(
+            lambda h, s: h - alpha / population * s, state.algorithm_state.h, aggregate["sum"]
+        )
+        step = jax.tree.map(lambda d, h: d - h / alpha, aggregate["delta"], h)
+        state = pseudo_gradient_step(server_opt, state, step)
+        norm = jnp.sqrt(jax.tree.reduce(jnp.add, jax.tree.map(lambda a: jnp.sum(a**2), h)))
+        return state.replace(algorithm_state=FedDynState(h)), {"h_norm": norm}
+
+    zeros = lambda weights: jax.tree.map(jnp.zeros_like, weights.trainable)  # noqa: E731
+    algorithm = FederatedAlgorithm(
+        name="fed_dyn",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: (
+            server_opt.init(weights.trainable),
+            FedDynState(zeros(weights)),
+        ),
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "sum": sum()}),
+        broadcast=broadcast_fn,
+        client_state_init=zeros,
+    )
+    return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)
+
+
+register(
+    AlgorithmEntry(
+        "feddyn",
+        "build_fed_dyn",
+        "local loss - <g_k, w> + alpha/2 ||w - w_server||^2 (g_k per client), server drift h",
+        "Acar et al. 2021, arXiv:2111.04263",
+        lambda model, s, **engine: build_fed_dyn(
+            model,
+            optax.sgd(s.client_lr),
+            optax.sgd(s.server_rate(1.0)),
+            alpha=float(s.options["alpha"]),
+            population_size=s.population_size,
+            **engine,
+        ),
+        options={"alpha": 0.01},
+    )
+)
