@@ -27,9 +27,7 @@ def data():
 
 
 def _separate(model, data, k, cohorts, build=build_weighted_fed_avg, **kwargs):
-    process = build(
-        model, optax.sgd(CLIENT_LRS[k]), optax.sgd(SERVER_LRS[k]), **ENGINE, **kwargs
-    )
+    process = build(model, optax.sgd(CLIENT_LRS[k]), optax.sgd(SERVER_LRS[k]), **ENGINE, **kwargs)
     state = process.initialize(SEEDS[k])
     for cohort in cohorts:
         out = process.next(state, cohort)
@@ -61,9 +59,7 @@ def test_each_run_equals_a_separate_run(model, data, per_run_cohorts):
 
 
 def test_a_sweep_compiles_once_whatever_the_runs(model, data):
-    sweep = fk.sweep(
-        lambda c, s: build_fed_prox(model, c, s, mu=0.1, **ENGINE), SEEDS, CLIENT_LRS
-    )
+    sweep = fk.sweep(lambda c, s: build_fed_prox(model, c, s, mu=0.1, **ENGINE), SEEDS, CLIENT_LRS)
     states = sweep.initialize()
     with _CompileCounter() as compiles:
         for r in range(5):

@@ -69,8 +69,10 @@ def build_process(config, model: Model, task: Task):
             f"--epochs: {entry.name} computes one gradient per client; "
             f"expected 1, received {config.epochs}."
         )
-    # --mu predates --options: it sets FedProx's mu unless --options does.
-    legacy = {name: getattr(config, name) for name in entry.options if hasattr(config, name)}
+    # --mu predates --options: it sets FedProx's mu unless --options does. Only FedProx's:
+    # other algorithms' options that share a flag's name (FedNova's mu, FedDyn's alpha,
+    # which is not the task's Dirichlet --alpha) keep their own defaults.
+    legacy = {"mu": config.mu} if entry.name == "fedprox" else {}
     options = parse_options(config.options, {**dict(entry.options), **legacy}, config.algorithm)
     settings = algorithms.AlgorithmSettings(
         client_lr=config.client_lr,
