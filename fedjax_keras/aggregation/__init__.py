@@ -1,4 +1,9 @@
-"""Aggregators: how client contributions become one aggregate (mean, sum, ...)."""
+"""Aggregators: how client contributions become one aggregate.
+
+Means and sums, differential privacy (`dp_aggregator`, `clipped`, `zeroed`),
+Byzantine robustness (`median`, `trimmed_mean`, `krum`, and `attacked` to
+build any of them from a dict.
+"""
 
 from fedjax_keras.aggregation._aggregator import Aggregator as Aggregator
 from fedjax_keras.aggregation._aggregator import Contributions as Contributions
@@ -11,3 +16,8 @@ from fedjax_keras.aggregation._aggregator import mean as mean
 from fedjax_keras.aggregation._aggregator import safe_divide as safe_divide
 from fedjax_keras.aggregation._aggregator import sum as sum
 from fedjax_keras.aggregation._aggregator import zeros_like_spec as zeros_like_spec
+from fedjax_keras.aggregation._clipping import client_norms as client_norms
+from fedjax_keras.aggregation._clipping import clipped as clipped
+from fedjax_keras.aggregation._clipping import zeroed as zeroed
+from fedjax_keras.aggregation._dp import DPState as DPState
+from fedjax_keras.aggregation._dp import dp_aggregator as dp_aggregator
