@@ -33,9 +33,11 @@ def run_round(aggregator, chunks, *, state=None, key=0, capacity=None):
     if capacity is None:
         capacity = sum(len(c.keep) for c in chunks)
     acc = aggregator.start(state, spec, capacity)
+    # Compiled as the engine does (one program each), and far faster than op by op.
+    accumulate, finalize = jax.jit(aggregator.accumulate), jax.jit(aggregator.finalize)
     rows = []
     for chunk in chunks:
-        acc, chunk_rows = aggregator.accumulate(acc, state, chunk)
+        acc, chunk_rows = accumulate(acc, state, chunk)
         rows.append(chunk_rows)
-    value, state, metrics = aggregator.finalize(acc, state, jax.random.PRNGKey(key))
+    value, state, metrics = finalize(acc, state, jax.random.PRNGKey(key))
     return value, state, metrics, rows

@@ -148,7 +148,8 @@ def dp_aggregator(
       initial_clip: adaptive only: the first round's clip norm (TFF's 0.1).
       clip_learning_rate: adaptive only: eta of the geometric update (0.2).
       clipped_count_stddev: adaptive only: the stddev of the noise on the
-        count of unclipped clients (None: ``clients_per_round / 20``).
+        count of unclipped clients (None: ``clients_per_round / 20``, or 0
+        when ``noise_multiplier`` is 0, as TFF).
 
     Returns:
       An `Aggregator` whose state is a `DPState` and whose metrics are
@@ -158,7 +159,8 @@ def dp_aggregator(
     Raises:
       ValueError: for a negative noise multiplier, a non-positive cohort size
         or clip, a quantile outside [0, 1], or a count noise too small to
-        leave the sum any budget.
+        leave the sum any budget (adaptive with the default count noise
+        needs ``clients_per_round > 10 * noise_multiplier``, as TFF).
 
     Example:
       >>> fixed = dp_aggregator(noise_multiplier=1.0, clients_per_round=100, clip=0.5)
@@ -173,11 +175,11 @@ def dp_aggregator(
         if not 0 <= target <= 1:
             raise ValueError(f"target_quantile must be in [0, 1]; received {target_quantile!r}.")
         eta = _check_non_negative(clip_learning_rate, "clip_learning_rate")
-        count_stddev = (
-            n / 20
-            if clipped_count_stddev is None
-            else _check_non_negative(clipped_count_stddev, "clipped_count_stddev")
-        )
+        if clipped_count_stddev is not None:
+            count_stddev = _check_non_negative(clipped_count_stddev, "clipped_count_stddev")
+        else:
+            # As TFF: without noise on the sum there is no budget to share.
+            count_stddev = n / 20 if z > 0 else 0.0
         z_sum = sum_noise_multiplier(z, count_stddev)
     else:
         first_clip = check_norm(clip, "clip")
