@@ -16,8 +16,13 @@ from fedjax_keras.aggregation._aggregator import mean as mean
 from fedjax_keras.aggregation._aggregator import safe_divide as safe_divide
 from fedjax_keras.aggregation._aggregator import sum as sum
 from fedjax_keras.aggregation._aggregator import zeros_like_spec as zeros_like_spec
+from fedjax_keras.aggregation._attack import ATTACKS as ATTACKS
+from fedjax_keras.aggregation._attack import attacked as attacked
 from fedjax_keras.aggregation._clipping import client_norms as client_norms
 from fedjax_keras.aggregation._clipping import clipped as clipped
 from fedjax_keras.aggregation._clipping import zeroed as zeroed
 from fedjax_keras.aggregation._dp import DPState as DPState
 from fedjax_keras.aggregation._dp import dp_aggregator as dp_aggregator
+from fedjax_keras.aggregation._robust import krum as krum
+from fedjax_keras.aggregation._robust import median as median
+from fedjax_keras.aggregation._robust import trimmed_mean as trimmed_mean
