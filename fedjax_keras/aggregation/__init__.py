@@ -21,6 +21,9 @@ from fedjax_keras.aggregation._attack import attacked as attacked
 from fedjax_keras.aggregation._clipping import client_norms as client_norms
 from fedjax_keras.aggregation._clipping import clipped as clipped
 from fedjax_keras.aggregation._clipping import zeroed as zeroed
+from fedjax_keras.aggregation._compression import hadamard as hadamard
+from fedjax_keras.aggregation._compression import quantized as quantized
+from fedjax_keras.aggregation._compression import top_k as top_k
 from fedjax_keras.aggregation._dp import DPState as DPState
 from fedjax_keras.aggregation._dp import dp_aggregator as dp_aggregator
 from fedjax_keras.aggregation._robust import krum as krum
