@@ -29,6 +29,7 @@ Round metric: ``attack/malicious_fraction``, the fraction of the round's
 kept clients that were malicious.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -65,14 +66,12 @@ def corrupt(values, keys: jax.Array, kind: str, scale: float):
     if kind == "scale":
         return jax.tree.map(lambda v: (scale * v).astype(v.dtype), values)
     leaves, treedef = jax.tree.flatten(values)
-    value_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _VALUE_STREAM)
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    value_keys = fold(keys, _VALUE_STREAM)
     noisy = []
     for index, leaf in enumerate(leaves):
-        leaf_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(value_keys, index)
-        draw = jax.vmap(
-            lambda k, shape=leaf.shape[1:], dtype=leaf.dtype: jax.random.normal(k, shape, dtype)
-        )(leaf_keys)
-        noisy.append(scale * draw)
+        normal = functools.partial(jax.random.normal, shape=leaf.shape[1:], dtype=leaf.dtype)
+        noisy.append(scale * jax.vmap(normal)(fold(value_keys, index)))
     return jax.tree.unflatten(treedef, noisy)
 
 

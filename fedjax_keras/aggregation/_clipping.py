@@ -60,9 +60,7 @@ def check_norm(norm, name: str = "norm") -> float:
     except (TypeError, ValueError):
         value = float("nan")
     if not (value > 0 and value < float("inf")) or isinstance(norm, bool):
-        raise ValueError(
-            f"{name} must be a positive finite number (an L2 norm such as 1.0); received {norm!r}."
-        )
+        raise ValueError(f"{name} must be a positive finite number (e.g. 1.0); received {norm!r}.")
     return value
 
 
