@@ -16,6 +16,7 @@ from fedjax_keras import metrics as metrics
 from fedjax_keras import models as models
 from fedjax_keras import optimizers as optimizers
 from fedjax_keras import parallel as parallel
+from fedjax_keras import privacy as privacy
 from fedjax_keras import testing as testing
 from fedjax_keras.algorithms import sweep as sweep
 from fedjax_keras.data import FederatedData as FederatedData

@@ -164,6 +164,25 @@ def test_sample_clients_with_replacement_when_cohort_exceeds_population():
     )
 
 
+def test_poisson_sampling_is_seeded_bernoulli_per_client():
+    data, *_ = make_data(sizes=[1] * 2000)
+    draws = np.random.default_rng(4).random(2000)
+    want = np.flatnonzero(draws < 0.1)
+    np.testing.assert_array_equal(data.sample_client_positions_poisson(0.1, seed=4), want)
+    cohort = data.sample_clients_poisson(0.1, seed=4)
+    assert cohort.client_ids == tuple(want.tolist())
+    np.testing.assert_array_equal(cohort.population_positions, want)
+    # Sizes vary around q * C (binomial: mean 200, stddev 13.4).
+    sizes = [len(data.sample_client_positions_poisson(0.1, seed=s)) for s in range(200)]
+    assert abs(np.mean(sizes) - 200) < 3 and 10 < np.std(sizes) < 17
+    assert len(set(sizes)) > 20
+    assert data.sample_clients_poisson(0.0, seed=0).num_clients == 0
+    assert data.sample_clients_poisson(1.0, seed=0).num_clients == 2000
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="probability must be a number in"):
+            data.sample_client_positions_poisson(bad, seed=0)
+
+
 # -- train/test split -----------------------------------------------------------------------
 
 

@@ -434,6 +434,49 @@ class FederatedData:
         """
         return self.subset(self.sample_client_positions(num_clients, seed, replace))
 
+    def sample_client_positions_poisson(self, probability: float, seed: Any) -> np.ndarray:
+        """Positions of a Poisson-sampled cohort: each client joins with ``probability``.
+
+        ``flatnonzero(default_rng(seed).random(C) < probability)``: independent
+        draws, so the cohort's size varies (binomial, mean ``probability * C``)
+        and may be 0. Differential-privacy accountants for sampled Gaussian
+        mechanisms (`fedjax_keras.privacy`) assume this sampling.
+
+        Args:
+          probability: in [0, 1].
+          seed: anything `numpy.random.default_rng` accepts (e.g. the round number).
+
+        Returns:
+          int64 [K] increasing positions in [0, C).
+
+        Raises:
+          ValueError: if probability is not a number in [0, 1].
+        """
+        if (
+            isinstance(probability, bool)
+            or not isinstance(probability, (int, float, np.floating))
+            or not 0 <= probability <= 1
+        ):
+            raise ValueError(
+                f"probability must be a number in [0, 1] (each client's chance to join the "
+                f"round); received {probability!r}."
+            )
+        draws = np.random.default_rng(seed).random(self.num_clients)
+        return np.flatnonzero(draws < probability).astype(np.int64)
+
+    def sample_clients_poisson(self, probability: float, seed: Any) -> FederatedData:
+        """A Poisson-sampled cohort: ``self.subset(self.sample_client_positions_poisson(...))``.
+
+        The cohort's size varies from round to round: give the process a fixed
+        ``chunk_size`` (e.g. ``chunk_size=16``) so that every chunk has one
+        shape and rounds after the first few compile nothing. An empty cohort
+        (probability ``(1 - probability) ** C``) cannot run a round: skip it.
+
+        Example:
+          >>> cohort = data.sample_clients_poisson(0.1, seed=round_num)
+        """
+        return self.subset(self.sample_client_positions_poisson(probability, seed))
+
     def train_test_split(
         self, test_fraction: float, seed: Any
     ) -> tuple[FederatedData, FederatedData]:

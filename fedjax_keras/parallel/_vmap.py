@@ -81,6 +81,7 @@ class _BoundVmap:
         self._scan_unroll = scan_unroll
         self._run = placement.jit(self._run_chunk, donate_argnums=(0,))
         self._run_all = placement.jit(self._run_stacked_chunks, donate_argnums=(0,))
+        self._slots = 1
 
     def _run_chunk(self, carry, inputs: RoundInputs, chunk: Chunk, num_steps):
         cp, program = self._chunk_program, self._chunk_program.program
@@ -120,8 +121,10 @@ class _BoundVmap:
         )
         return cp.absorb(carry, inputs.aggregator_state, outputs, chunk.info, rows, keys)
 
-    def _run_stacked_chunks(self, carry, inputs: RoundInputs, chunks: Chunk, num_steps):
-        """Every chunk of a round (leaves [chunks, clients, ...]) in one program."""
+    def _run_stacked_chunks(self, carry, inputs: RoundInputs, chunks: Chunk, num_steps, count):
+        """The first ``count`` chunks of ``chunks`` (leaves [slots, clients, ...]) in one
+        program; the trip count is a run-time value, so rounds with fewer chunks than
+        slots reuse it."""
 
         def one(index, carry):
             chunk = jax.tree.map(
@@ -129,19 +132,27 @@ class _BoundVmap:
             )
             return self._run_chunk(carry, inputs, chunk, num_steps[index])
 
-        return jax.lax.fori_loop(0, num_steps.shape[0], one, carry)
+        return jax.lax.fori_loop(0, count, one, carry)
 
     def run_chunks(self, carry, inputs: RoundInputs, chunks: list, hosts: list):
         """Runs a round's chunks; on one device, with rows into a device-resident
         source (chunks of one shape), all of them in one call: one dispatch per
-        round instead of one per chunk."""
-        if len(chunks) == 1 or not self._placement.single_device or chunks[0].rows is None:
+        round instead of one per chunk. The chunks are stacked into a power-of-two
+        number of slots, never fewer than an earlier round used (the spare slots
+        repeat the last chunk and never run), so cohorts of varying size compile
+        again only when a round needs more chunks than every round before it, and
+        then at most once per power of two."""
+        if not self._placement.single_device or chunks[0].rows is None:
             for chunk, host in zip(chunks, hosts):
                 carry = self(carry, inputs, chunk, host)
             return carry
-        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *chunks)
-        steps = np.array([self._num_steps(host) for host in hosts], np.int32)
-        return self._run_all(carry, inputs, stacked, steps)
+        slots = max(1 << (len(chunks) - 1).bit_length(), self._slots)
+        self._slots = slots  # a compilation cache's key, like jit's: no option changes
+        padded = chunks + [chunks[-1]] * (slots - len(chunks))
+        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *padded)
+        steps = [self._num_steps(host) for host in hosts]
+        steps = np.array(steps + [0] * (slots - len(chunks)), np.int32)
+        return self._run_all(carry, inputs, stacked, steps, np.int32(len(chunks)))
 
     @staticmethod
     def _num_steps(host: HostChunk):
