@@ -1,10 +1,13 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
-FedAvg (weighted, unweighted), FedOpt, FedProx, FedSGD, SCAFFOLD, evaluation.
+FedAvg (weighted, unweighted), FedOpt, FedProx, FedSGD, SCAFFOLD, evaluation;
+personalization (Ditto, APFL, FedRep/FedPer, pFedMe, personalization
+evaluation), clustering (HypCluster, federated k-means) and fairness (AFL, q-FFL).
 """
 
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
+from fedjax_keras.algorithms._ditto import build_ditto as build_ditto
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
