@@ -13,6 +13,9 @@ from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_u
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
+from fedjax_keras.algorithms._fed_rep import build_fed_per as build_fed_per
+from fedjax_keras.algorithms._fed_rep import build_fed_rep as build_fed_rep
+from fedjax_keras.algorithms._fed_rep import split_head as split_head
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
