@@ -17,6 +17,8 @@ from fedjax_keras.algorithms._fed_rep import build_fed_per as build_fed_per
 from fedjax_keras.algorithms._fed_rep import build_fed_rep as build_fed_rep
 from fedjax_keras.algorithms._fed_rep import split_head as split_head
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
+from fedjax_keras.algorithms._hyp_cluster import build_hyp_cluster as build_hyp_cluster
+from fedjax_keras.algorithms._hyp_cluster import hyp_cluster_models as hyp_cluster_models
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
 from fedjax_keras.algorithms._pfedme import build_pfedme as build_pfedme
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
