@@ -22,6 +22,7 @@ from fedjax_keras.algorithms._hyp_cluster import hyp_cluster_models as hyp_clust
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
 from fedjax_keras.algorithms._pfedme import build_pfedme as build_pfedme
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
+from fedjax_keras.algorithms._q_ffl import build_q_ffl as build_q_ffl
 from fedjax_keras.algorithms._registry import AlgorithmEntry as AlgorithmEntry
 from fedjax_keras.algorithms._registry import AlgorithmSettings as AlgorithmSettings
 from fedjax_keras.algorithms._registry import algorithm_names as algorithm_names
