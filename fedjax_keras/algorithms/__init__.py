@@ -5,6 +5,10 @@ personalization (Ditto, APFL, FedRep/FedPer, pFedMe, personalization
 evaluation), clustering (HypCluster, federated k-means) and fairness (AFL, q-FFL).
 """
 
+from fedjax_keras.algorithms._agnostic_fed_avg import (
+    build_agnostic_fed_avg as build_agnostic_fed_avg,
+)
+from fedjax_keras.algorithms._agnostic_fed_avg import project_simplex as project_simplex
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.algorithms._apfl import build_apfl as build_apfl
