@@ -12,6 +12,9 @@ from fedjax_keras.algorithms._agnostic_fed_avg import project_simplex as project
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.algorithms._apfl import build_apfl as build_apfl
+from fedjax_keras.algorithms._client_distribution import (
+    client_percentiles as client_percentiles,
+)
 from fedjax_keras.algorithms._ditto import build_ditto as build_ditto
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
