@@ -27,6 +27,10 @@ from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
 from fedjax_keras.algorithms._hyp_cluster import build_hyp_cluster as build_hyp_cluster
 from fedjax_keras.algorithms._hyp_cluster import hyp_cluster_models as hyp_cluster_models
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
+from fedjax_keras.algorithms._personalization_eval import (
+    build_personalization_eval as build_personalization_eval,
+)
+from fedjax_keras.algorithms._personalization_eval import join_train_test as join_train_test
 from fedjax_keras.algorithms._pfedme import build_pfedme as build_pfedme
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
 from fedjax_keras.algorithms._q_ffl import build_q_ffl as build_q_ffl
