@@ -19,6 +19,7 @@ from fedjax_keras.algorithms._ditto import build_ditto as build_ditto
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
+from fedjax_keras.algorithms._fed_kmeans import build_fed_kmeans as build_fed_kmeans
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
 from fedjax_keras.algorithms._fed_rep import build_fed_per as build_fed_per
 from fedjax_keras.algorithms._fed_rep import build_fed_rep as build_fed_rep
