@@ -105,7 +105,7 @@ def test_registry_entry_and_the_mixed_models_improve_over_ten_rounds():
     data = fk.data.synthetic_leaf(num_clients=12, seed=2, size_median=30)
     model = wrap(toy_models.mlp(60, 16, 10, seed=33), x_shape=(60,))
     entry = get_algorithm("apfl")
-    options = {**entry.options, "alpha": 0.5, "alpha_lr": 0.05}
+    options = {**entry.options, "mix": 0.5, "mix_lr": 0.05}
     process = entry.make(model, AlgorithmSettings(0.05, None, 12, options), batch_size=10)
     state = process.initialize(0)
     history = []

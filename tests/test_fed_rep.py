@@ -9,7 +9,6 @@ from personal_reference import batches_of, sgd
 import fedjax_keras as fk
 from fedjax_keras.algorithms import (
     AlgorithmSettings,
-    build_fed_per,
     build_fed_rep,
     get_algorithm,
     split_head,
@@ -78,7 +77,9 @@ def test_two_rounds_equal_head_and_body_sgd_by_hand(model, cohort, parts, varian
             model, optax.sgd(LR), head_layers=(layer,), head_steps=HEAD_STEPS, **options
         )
     else:
-        process = build_fed_per(model, optax.sgd(LR), head_layers=layer, **options)
+        entry = get_algorithm("fedper")
+        settings = AlgorithmSettings(LR, None, cohort.num_clients, {"head_layers": layer})
+        process = entry.make(model, settings, **options)
     state = process.initialize(0)
     steps = HEAD_STEPS if variant == "fedrep" else None
     for server, heads in _hand(model, cohort, head, body, steps, 2):

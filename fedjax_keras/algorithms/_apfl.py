@@ -173,17 +173,18 @@ register(
         "apfl",
         "build_apfl",
         "personal model v_k mixed with the global one as alpha v + (1 - alpha) w; "
-        "alpha fixed (alpha_lr=0) or adapted per client",
+        "alpha (option mix) fixed (mix_lr=0) or adapted per client",
         "Deng et al. 2020, arXiv:2003.13461",
         lambda model, s, **engine: build_apfl(
             model,
             s.client_lr,
             optax.sgd(s.server_rate(1.0)),
-            alpha=s.options["alpha"],
-            alpha_learning_rate=s.options["alpha_lr"],
+            alpha=s.options["mix"],
+            alpha_learning_rate=s.options["mix_lr"],
             population_size=s.population_size,
             **engine,
         ),
-        options={"alpha": 0.25, "alpha_lr": 0.0},
+        # Not 'alpha': the command line's --alpha is the synthetic task's heterogeneity.
+        options={"mix": 0.25, "mix_lr": 0.0},
     )
 )
