@@ -232,7 +232,7 @@ def build_fed_rep(
     server_optimizer=None,
     *,
     head_layers=None,
-    head_steps: int = 5,
+    head_steps: int = 2,
     weighting: str = "num_examples",
     aggregator: Aggregator | None = None,
     population_size: int | None = None,
@@ -247,7 +247,8 @@ def build_fed_rep(
       head_layers: the personal layers by name (``('dense_1',)``, or
         ``'dense_1,dense_2'``); None: the layer of the last trainable weight.
       head_steps: local steps (batches with examples) that train the head
-        before the remaining steps train the body.
+        before the remaining steps train the body; keep it below the clients'
+        step counts (examples / batch_size x epochs), or no body is trained.
       weighting: 'num_examples' (examples of the body steps) or 'uniform'
         (1 for a client with body steps).
       aggregator: combines the body deltas (default: the weighted mean).
@@ -322,7 +323,7 @@ register(
         "the head first (head_steps), then the body",
         "Collins et al. 2021, arXiv:2102.07078",
         _make(build_fed_rep),
-        options={"head_layers": "", "head_steps": 5},
+        options={"head_layers": "", "head_steps": 2},
     )
 )
 register(
