@@ -1,5 +1,6 @@
 """FedRep and FedPer against local SGD on the head and the body written out by hand."""
 
+import keras
 import numpy as np
 import optax
 import pytest
@@ -9,6 +10,7 @@ from personal_reference import batches_of, sgd
 import fedjax_keras as fk
 from fedjax_keras.algorithms import (
     AlgorithmSettings,
+    build_fed_per,
     build_fed_rep,
     get_algorithm,
     split_head,
@@ -101,8 +103,23 @@ def test_head_layers_name_layers_and_default_to_the_output_layer(model, parts):
     first = body[0].rsplit("/", 1)[0]
     with pytest.raises(ValueError, match=r"\['conv9'\] match no trainable weight.*layers"):
         split_head(trainable, ("conv9",))
-    with pytest.raises(ValueError, match="leaving no shared body"):
-        split_head(trainable, f"{first},{layer}")
+    with pytest.warns(UserWarning, match="no body is shared, so every client trains its own"):
+        assert split_head(trainable, f"{first},{layer}") == (tuple(trainable), ())
+
+
+def test_a_one_layer_model_is_local_training_with_a_warning():
+    """Softmax regression has only a head: each client trains its own, the server stays put."""
+    model = wrap(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    cohort = make_clients([5, 4], seed=44)
+    with pytest.warns(UserWarning, match="no body is shared"):
+        process = build_fed_per(model, optax.sgd(LR), batch_size=BATCH, shuffle=False)
+    state = process.next(process.initialize(0), cohort).state
+    assert_trees_all_close(state.model, model.initial_weights)
+    heads = state.client_states.gather(cohort.population_positions)["algorithm"]
+    for position, (_, client) in enumerate(cohort):
+        local = sgd(model, model.initial_weights, batches_of(client, BATCH), LR).trainable
+        got = {k: np.asarray(v[position]) for k, v in heads.items()}
+        assert_trees_all_close(got, local, rtol=1e-5, atol=1e-6)
 
 
 def test_registry_entry_trains_personal_heads_over_ten_rounds():

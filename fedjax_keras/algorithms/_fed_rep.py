@@ -29,8 +29,12 @@ over its batches with the client optimizer:
 
 The server averages the body deltas ``phi_k - phi`` (the aggregator, weighted
 as above by default) and steps its optimizer on ``-mean``, on the body only.
+A head holding every trainable weight (the default head of a one-layer
+model) leaves no body: every client trains its own model alone (FedPer's
+all-personal limit, local training), with a warning.
 """
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -61,8 +65,11 @@ def split_head(trainable: dict, head_layers) -> tuple[tuple[str, ...], tuple[str
         output layer of a Sequential model).
 
     Raises:
-      ValueError: a name that matches no weight, or a split leaving the head
-        or the body empty; the message lists the layers.
+      ValueError: a name that matches no weight; the message lists the layers.
+
+    Warns:
+      UserWarning: the head holds every trainable weight (a one-layer model
+        with the default head): each client then trains alone (local training).
     """
     paths = list(trainable)
     layers = list(dict.fromkeys(path.rsplit("/", 1)[0] for path in paths))
@@ -86,9 +93,13 @@ def split_head(trainable: dict, head_layers) -> tuple[tuple[str, ...], tuple[str
     head = tuple(p for p in paths if any(owns(name, p) for name in names))
     body = tuple(p for p in paths if p not in head)
     if not body:
-        raise ValueError(
-            f"head_layers {names!r} hold every trainable weight, leaving no shared body; "
-            f"name only the personal layers (the model's layers: {layers!r})."
+        # FedPer's limit (every layer personal): legitimate, but rarely what was meant.
+        warnings.warn(
+            f"head_layers {names!r} hold every trainable weight: no body is shared, so every "
+            "client trains its own model alone and the server model never changes. Name only "
+            f"the personal layers (the model's layers: {layers!r}), or use a deeper model.",
+            UserWarning,
+            stacklevel=3,
         )
     return head, body
 
