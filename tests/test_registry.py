@@ -19,6 +19,20 @@ def test_every_registered_algorithm_has_a_row_in_the_docs_table():
     assert not missing, f"docs/algorithms.md lacks rows for {missing}"
 
 
+def test_the_docs_list_every_named_option_with_its_default():
+    text = DOCS.read_text()
+    listed = text[text.index("<!-- options:") :].split("\n\n")[0].splitlines()[1:]
+    documented = {}
+    for line in listed:
+        names, options = line[2:].split(": ", 1)
+        pairs = dict(re.findall(r"`([a-z_0-9]+)=([^`]*)`", options))
+        for name in re.findall(r"`([a-z_0-9]+)`", names):
+            documented[name] = pairs
+    for name in algorithm_names():
+        expected = {k: str(v) for k, v in get_algorithm(name).options.items()}
+        assert documented.get(name, {}) == expected, name
+
+
 def test_the_cli_reads_the_registry():
     assert cli_config.ALGORITHMS == algorithm_names()
     assert "fedavg" in algorithm_names() and "scaffold" in algorithm_names()

@@ -1,11 +1,22 @@
 """Federated algorithms with TFF's builder names, and the engine that runs them.
 
 FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
-FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, FedDyn, FedBuff, evaluation.
+FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, FedDyn, FedBuff, evaluation;
+personalization (Ditto, APFL, FedRep/FedPer, pFedMe, personalization
+evaluation), clustering (HypCluster, federated k-means) and fairness (AFL, q-FFL).
 """
 
+from fedjax_keras.algorithms._agnostic_fed_avg import (
+    build_agnostic_fed_avg as build_agnostic_fed_avg,
+)
+from fedjax_keras.algorithms._agnostic_fed_avg import project_simplex as project_simplex
 from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
+from fedjax_keras.algorithms._apfl import build_apfl as build_apfl
+from fedjax_keras.algorithms._client_distribution import (
+    client_percentiles as client_percentiles,
+)
+from fedjax_keras.algorithms._ditto import build_ditto as build_ditto
 from fedjax_keras.algorithms._fed_avg import build_unweighted_fed_avg as build_unweighted_fed_avg
 from fedjax_keras.algorithms._fed_avg import build_weighted_fed_avg as build_weighted_fed_avg
 from fedjax_keras.algorithms._fed_buff import FedBuffState as FedBuffState
@@ -13,19 +24,31 @@ from fedjax_keras.algorithms._fed_buff import build_fed_buff as build_fed_buff
 from fedjax_keras.algorithms._fed_dyn import FedDynState as FedDynState
 from fedjax_keras.algorithms._fed_dyn import build_fed_dyn as build_fed_dyn
 from fedjax_keras.algorithms._fed_eval import build_fed_eval as build_fed_eval
+from fedjax_keras.algorithms._fed_kmeans import build_fed_kmeans as build_fed_kmeans
 from fedjax_keras.algorithms._fed_nova import build_fed_nova as build_fed_nova
 from fedjax_keras.algorithms._fed_opt import adaptive_server_optimizer as adaptive_server_optimizer
 from fedjax_keras.algorithms._fed_opt import build_fed_adagrad as build_fed_adagrad
 from fedjax_keras.algorithms._fed_opt import build_fed_adam as build_fed_adam
 from fedjax_keras.algorithms._fed_opt import build_fed_yogi as build_fed_yogi
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
+from fedjax_keras.algorithms._fed_rep import build_fed_per as build_fed_per
+from fedjax_keras.algorithms._fed_rep import build_fed_rep as build_fed_rep
+from fedjax_keras.algorithms._fed_rep import split_head as split_head
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd as build_fed_sgd
+from fedjax_keras.algorithms._hyp_cluster import build_hyp_cluster as build_hyp_cluster
+from fedjax_keras.algorithms._hyp_cluster import hyp_cluster_models as hyp_cluster_models
 from fedjax_keras.algorithms._mime import MimeBroadcast as MimeBroadcast
 from fedjax_keras.algorithms._mime import MimeState as MimeState
 from fedjax_keras.algorithms._mime import build_mime as build_mime
 from fedjax_keras.algorithms._mime import build_mime_lite as build_mime_lite
 from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
+from fedjax_keras.algorithms._personalization_eval import (
+    build_personalization_eval as build_personalization_eval,
+)
+from fedjax_keras.algorithms._personalization_eval import join_train_test as join_train_test
+from fedjax_keras.algorithms._pfedme import build_pfedme as build_pfedme
 from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
+from fedjax_keras.algorithms._q_ffl import build_q_ffl as build_q_ffl
 from fedjax_keras.algorithms._registry import AlgorithmEntry as AlgorithmEntry
 from fedjax_keras.algorithms._registry import AlgorithmSettings as AlgorithmSettings
 from fedjax_keras.algorithms._registry import algorithm_names as algorithm_names

@@ -8,12 +8,19 @@ clients, and the sum is finalized once.
 import jax.numpy as jnp
 
 from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.algorithms._client_distribution import (
+    PERCENTILES,
+    add_host_metric,
+    client_percentiles,
+)
 from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.client import ClientOutput, ClientProgram
 from fedjax_keras.models import Model
 
 
-def build_fed_eval(model: Model, *, per_client: bool = False, **engine_options) -> FederatedProcess:
+def build_fed_eval(
+    model: Model, *, per_client: bool = False, percentiles=PERCENTILES, **engine_options
+) -> FederatedProcess:
     """A process whose ``next(state, cohort)`` evaluates the state's model on the cohort.
 
     Use ``process.set_model_weights(process.initialize(), weights)`` to evaluate
@@ -25,17 +32,24 @@ def build_fed_eval(model: Model, *, per_client: bool = False, **engine_options) 
         count as arrays [cohort] in cohort order (metrics ``clients/loss``,
         ``clients/<metric>``, ``clients/num_examples``), for distributions
         and percentiles across clients (TFF gives only the mean).
+      percentiles: with ``per_client``, the round metrics also hold
+        ``per_client/<name>/mean`` and ``per_client/<name>/p<q>`` for these
+        percentiles of the per-client loss and metrics, over the clients with
+        examples (`client_percentiles`); ``()`` for the mean alone.
       **engine_options: batch_size, chunk_size, step_buckets, runner (see
         `build_weighted_fed_avg`); data is not shuffled.
 
     Returns:
       A `FederatedProcess`; its round metrics are ``loss``, the model's metrics,
-      ``num_examples`` and ``num_clients`` (plus ``clients/...`` with ``per_client``).
+      ``num_examples`` and ``num_clients`` (plus ``clients/...`` and
+      ``per_client/...`` with ``per_client``).
     """
     if not isinstance(per_client, bool):
         raise TypeError(f"per_client must be True or False; received {per_client!r}.")
     require_model(model)
     options = {"shuffle": False, **engine_options}
+    if per_client:
+        options = add_host_metric(options, client_percentiles(percentiles=percentiles))
     if options.get("epochs", 1) != 1:
         raise ValueError(
             f"Evaluation reads each example once; epochs must be 1, not {options.get('epochs')}."

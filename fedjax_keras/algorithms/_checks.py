@@ -1,0 +1,42 @@
+"""Build-time checks of the algorithms' numeric hyper-parameters, with the fix in the message."""
+
+import math
+
+import numpy as np
+
+
+def check_number(
+    value,
+    argument: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+) -> float:
+    """``value`` as a float, or a ValueError naming ``argument``, the range and the value.
+
+    Args:
+      value: the hyper-parameter as given.
+      argument: its name, for the message.
+      minimum, maximum: the allowed range (None: unbounded).
+      strict: the minimum itself is excluded (``> minimum``).
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(float(value))
+    if ok and minimum is not None:
+        ok = float(value) > minimum if strict else float(value) >= minimum
+    if ok and maximum is not None:
+        ok = float(value) <= maximum
+    if not ok:
+        low = "" if minimum is None else f"{'>' if strict else '>='} {minimum}"
+        high = "" if maximum is None else f"<= {maximum}"
+        wanted = " and ".join(part for part in (low, high) if part) or "finite"
+        raise ValueError(f"{argument} must be a finite number {wanted}; received {value!r}.")
+    return float(value)
+
+
+def check_count(value, argument: str, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError naming ``argument``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or int(value) < minimum:
+        raise ValueError(f"{argument} must be an integer >= {minimum}; received {value!r}.")
+    return int(value)

@@ -1,0 +1,149 @@
+"""q-FFL (q-FedAvg): fairer accuracy across clients by weighting high-loss clients more.
+
+Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation in Federated
+Learning", ICLR 2020, arXiv:1905.10497 (Algorithm 3, q-FedAvg). It minimizes
+``sum_k p_k F_k(w)^(q + 1) / (q + 1)``: ``q = 0`` is FedAvg's objective, a
+larger ``q`` puts more weight on the clients with the highest loss.
+
+A round with server weights ``w``: client ``k`` runs local SGD of rate
+``eta`` over its batches from ``w`` to ``w_k`` (as FedAvg) and, in the same
+pass, sums the loss of ``w`` itself on its batches (inference mode):
+``F_k`` is that mean. With the Lipschitz estimate ``L = 1 / eta``:
+
+    dw_k    = L (w - w_k)
+    Delta_k = F_k^q dw_k
+    h_k     = q F_k^(q - 1) ||dw_k||^2 + L F_k^q
+    w      <- w - sum_k Delta_k / sum_k h_k
+
+``F_k`` is floored at 1e-10 so that ``F_k^(q - 1)`` stays finite. ``q = 0``
+gives ``w - mean_k(w - w_k)``: FedAvg with every client weighted equally. The
+server applies ``-sum Delta / sum h`` with its optimizer (``optax.sgd(1.0)``,
+the default, is the paper's step). ``sum_k Delta_k`` goes through
+``aggregator`` (default `fedjax_keras.aggregation.sum`), ``sum_k h_k`` through
+a plain sum.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, safe_divide, sum
+from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.algorithms._checks import check_number
+from fedjax_keras.algorithms._fed_avg import default_server_optimizer, pseudo_gradient_step
+from fedjax_keras.algorithms._metric_sums import add_batch, empty_sums
+from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.algorithms._registry import AlgorithmEntry, register
+from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
+from fedjax_keras.models import Model
+from fedjax_keras.optimizers import as_optimizer, from_optax
+
+_LOSS_FLOOR = 1e-10
+
+
+def build_q_ffl(
+    model: Model,
+    client_learning_rate: float,
+    server_optimizer=None,
+    *,
+    q: float = 1.0,
+    lipschitz: float | None = None,
+    aggregator: Aggregator | None = None,
+    **engine_options,
+) -> FederatedProcess:
+    """q-FedAvg (Li et al. 2020, arXiv:1905.10497).
+
+    Args:
+      model: from `from_keras_model`.
+      client_learning_rate: ``eta``, the local SGD rate.
+      server_optimizer: applied to ``sum Delta / sum h`` as a pseudo-gradient;
+        default ``optax.sgd(1.0)`` (the paper's update).
+      q: ``q >= 0``, the fairness exponent.
+      lipschitz: ``L``; default ``1 / client_learning_rate`` (the paper's).
+      aggregator: sums the ``Delta_k`` (default: `fedjax_keras.aggregation.sum`).
+      **engine_options: see `build_weighted_fed_avg`.
+
+    Returns:
+      A `FederatedProcess`; its metrics are FedAvg's plus, per client,
+      ``clients/start_loss``: ``F_k``, the loss of the round's server model.
+
+    Example:
+      >>> process = build_q_ffl(model, 0.05, q=1.0, batch_size=10)
+      >>> out = process.next(process.initialize(0), data.sample_clients(5, seed=0))
+      >>> out.metrics["clients/start_loss"].shape
+      (5,)
+    """
+    require_model(model)
+    lr = check_number(client_learning_rate, "client_learning_rate", minimum=0.0, strict=True)
+    q = check_number(q, "q", minimum=0.0)
+    lip = (
+        1.0 / lr
+        if lipschitz is None
+        else check_number(lipschitz, "lipschitz", minimum=0.0, strict=True)
+    )
+    delta_aggregator = check_aggregator(sum() if aggregator is None else aggregator)
+    template = model.initial_weights.trainable
+    server_opt = as_optimizer(
+        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
+    )
+    sgd = from_optax(optax.sgd(lr))
+    train_step = training_step(model, sgd)
+
+    def start(broadcast, client_state):
+        return start_training(model, sgd, broadcast.model), empty_sums(model)
+
+    def step(carry, batch, key, broadcast, client_state):
+        train, at_server = carry
+        scored = {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
+        return (
+            train_step(train, batch, key, broadcast, client_state),
+            add_batch(model, at_server, broadcast.model, scored),
+        )
+
+    def finish(carry, broadcast, client_state) -> ClientOutput:
+        train, at_server = carry
+        count = jnp.maximum(at_server.num_examples, 1).astype(jnp.float32)
+        loss = jnp.maximum(at_server.loss_sum / count, _LOSS_FLOOR)
+        dw = jax.tree.map(
+            lambda w, wk: lip * (w - wk), broadcast.model.trainable, train.weights.trainable
+        )
+        sq_norm = jax.tree.reduce(jnp.add, jax.tree.map(lambda d: jnp.sum(d * d), dw))
+        h = q * loss ** (q - 1.0) * sq_norm + lip * loss**q
+        return ClientOutput(
+            update={"delta": jax.tree.map(lambda d: loss**q * d, dw), "h": h},
+            weight=jnp.ones((), jnp.float32),
+            metrics=train.metrics,
+            loss_sum=train.loss_sum,
+            num_examples=train.num_examples,
+            report={"start_loss": at_server.loss_sum / count},
+        )
+
+    def server_update(state, aggregate, key):
+        del key
+        step = safe_divide(aggregate["delta"], aggregate["h"])
+        # w - sum Delta / sum h: the pseudo-gradient step takes the mean delta's sign.
+        return pseudo_gradient_step(server_opt, state, jax.tree.map(jnp.negative, step)), {}
+
+    algorithm = FederatedAlgorithm(
+        name="q_ffl",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "h": sum()}),
+    )
+    return FederatedProcess(model, algorithm, **engine_options)
+
+
+register(
+    AlgorithmEntry(
+        "qffl",
+        "build_q_ffl",
+        "q-FedAvg: client updates scaled by F_k^q and normalized by the Lipschitz estimate "
+        "L = 1/client_lr; q=0 is unweighted FedAvg",
+        "Li et al. 2020, arXiv:1905.10497",
+        lambda model, s, **engine: build_q_ffl(
+            model, s.client_lr, optax.sgd(s.server_rate(1.0)), q=s.options["q"], **engine
+        ),
+        options={"q": 1.0},
+    )
+)
