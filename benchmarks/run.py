@@ -240,9 +240,12 @@ def run_one(protocol_name: str, system: str, args) -> dict:
     timed, accuracy, info = RUNNERS[system](protocol, args)
     seconds = [t for t, _ in timed]
     rates = [n / t for t, n in timed]
+    import fedjax_keras  # imported by every system above; says whether the flag was set
+
     return {
         "protocol": protocol_name,
         "system": system,
+        "xla_tuning": fedjax_keras._xla_tuning.status,
         "seconds_per_round": statistics.median(seconds),
         "examples_per_second": statistics.median(rates),
         "accuracy": accuracy,
@@ -354,6 +357,13 @@ def main():
     )
     parser.add_argument("--runner", default="auto")
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument(
+        "--xla-tuning",
+        choices=["default", "on", "off", "both"],
+        default="default",
+        help="FEDJAX_KERAS_XLA_TUNING for the JAX systems: the environment's (default), on, "
+        "off, or both (each row twice, off then on, one after the other)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument(
         "--fedjax-venv",
@@ -375,8 +385,7 @@ def main():
 
     ensure_data()
     print("machine:", _machine(), flush=True)
-    tuning = os.environ.get("FEDJAX_KERAS_XLA_TUNING", "default (on)")
-    print(f"FEDJAX_KERAS_XLA_TUNING: {tuning}; load average before: {os.getloadavg()}", flush=True)
+    print(f"load average before: {os.getloadavg()}", flush=True)
     fedjax_python, fedjax_script, skipped = None, None, None
     if "fedjax" in args.systems and any(p in FEDJAX_CONFIGS for p in args.protocols):
         fedjax_script = args.fedjax_script or shared_bench_file("fedjax_reference.py")
@@ -417,14 +426,18 @@ def main():
             ]
             if args.chunk_size:
                 command += ["--chunk-size", str(args.chunk_size)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                print(f"{protocol} {system} failed:\n{done.stderr[-3000:]}", flush=True)
-                continue
-            row = json.loads(lines[-1][len("RESULT ") :])
-            rows.append(row)
-            print(_format(row), flush=True)
+            for tuning in ("off", "on") if args.xla_tuning == "both" else (args.xla_tuning,):
+                env = dict(os.environ)
+                if tuning != "default":
+                    env["FEDJAX_KERAS_XLA_TUNING"] = "1" if tuning == "on" else "0"
+                done = subprocess.run(command, env=env, capture_output=True, text=True)
+                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    print(f"{protocol} {system} failed:\n{done.stderr[-3000:]}", flush=True)
+                    continue
+                row = json.loads(lines[-1][len("RESULT ") :])
+                rows.append(row)
+                print(_format(row), flush=True)
     print(f"load average after: {os.getloadavg()}", flush=True)
     print()
     print(
@@ -448,19 +461,31 @@ def main():
 
 def _ratios(rows) -> list[str]:
     lines = []
+    tuned = [r for r in rows if r.get("xla_tuning") != "opted out"]
     for protocol in dict.fromkeys(row["protocol"] for row in rows):
-        ours = [r for r in rows if r["protocol"] == protocol and r["system"] == "fedjax_keras"]
-        others = [r for r in rows if r["protocol"] == protocol and r["system"] != "fedjax_keras"]
+        ours = [r for r in tuned if r["protocol"] == protocol and r["system"] == "fedjax_keras"]
+        others = [r for r in tuned if r["protocol"] == protocol and r["system"] != "fedjax_keras"]
         if ours and others:
             rate = ours[0]["examples_per_second"]
             parts = [f"/ {r['system']} {rate / r['examples_per_second']:.2f}x" for r in others]
             lines.append(f"{protocol}: fedjax_keras " + ", ".join(parts))
+        for system in dict.fromkeys(r["system"] for r in rows if r["protocol"] == protocol):
+            pair = [r for r in rows if r["protocol"] == protocol and r["system"] == system]
+            off = [r for r in pair if r.get("xla_tuning") == "opted out"]
+            on = [r for r in pair if r.get("xla_tuning") == "applied"]
+            if off and on:
+                speedup = on[0]["examples_per_second"] / off[0]["examples_per_second"]
+                lines.append(
+                    f"{protocol}: {system} with the XLA:CPU tuning / without {speedup:.2f}x"
+                )
     return lines
 
 
 def _format(row) -> str:
     accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
     extra = f" ({row['runner']}, padding {row['padding']})" if "runner" in row else ""
+    if row.get("xla_tuning") not in (None, "applied"):
+        extra += f" [XLA tuning: {row['xla_tuning']}]"
     if "fedjax" in row:
         extra = f" ({row['fedjax']})"
     return (

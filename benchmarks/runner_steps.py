@@ -45,7 +45,6 @@ MODES = (
     "vmap_scan_u2",
     "vmap_scan_u4",
     "vmap_scan_u8",
-    "scan_u1",
     "scan_u8",
 )
 
@@ -180,21 +179,39 @@ def run_child(model_name: str, clients: int, steps: int, modes, min_seconds: flo
         start = time.perf_counter()
         jax.block_until_ready(run())  # compiles
         first = time.perf_counter() - start
-        times = []
+        times, cpu_times = [], []
         began = time.perf_counter()
         while not times or (time.perf_counter() - began < min_seconds and len(times) < 5):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             jax.block_until_ready(run())
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         per_step = statistics.median(times) / (clients * steps)
-        results[mode] = {"ms_per_client_step": 1e3 * per_step, "first_call_s": first}
-        print(f"  {model_name} {mode}: {1e3 * per_step:.2f} ms", file=sys.stderr, flush=True)
+        cpu_per_step = statistics.median(cpu_times) / (clients * steps)
+        results[mode] = {
+            "ms_per_client_step": 1e3 * per_step,
+            "cpu_ms_per_client_step": 1e3 * cpu_per_step,
+            "first_call_s": first,
+        }
+        print(
+            f"  {model_name} {mode} ({os.environ.get('FEDJAX_KERAS_XLA_TUNING')}): "
+            f"{1e3 * per_step:.2f} ms per client-step ({1e3 * cpu_per_step:.2f} ms CPU time), "
+            f"first call {first:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return {
         "model": model_name,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "tuning": fedjax_keras._xla_tuning.status,
         "modes": results,
     }
+
+
+def _ms(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def main():
@@ -230,37 +247,44 @@ def main():
                 command += ["--clients", str(args.clients), "--steps", str(args.steps)]
                 command += ["--min-seconds", str(args.min_seconds), "--modes", *args.modes]
                 print(f"repeat {repeat}, model {model_name}, tuning {tuning}", flush=True)
-                done = subprocess.run(command, env=env, capture_output=True, text=True)
+                # The child's per-mode lines go straight to stderr, as they come.
+                done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode or not lines:
-                    print(f"failed:\n{done.stderr[-3000:]}", flush=True)
+                    print(f"failed (exit {done.returncode})", flush=True)
                     continue
                 result = json.loads(lines[-1][len("RESULT ") :])
                 result.update(repeat=repeat, tuning=tuning)
                 runs.append(result)
+                if args.json:  # after every child, so an interrupted run keeps its results
+                    args.json.write_text(json.dumps({"runs": runs}, indent=1))
     print(f"load after: {os.getloadavg()}", flush=True)
-    print(f"\n{args.clients} clients x {args.steps} steps; ms per client-step, median of repeats")
-    header = "| mode |" + "".join(f" {m} on | {m} off | {m} off/on |" for m in args.models)
-    print(header)
-    print("|---|" + "---|---|---|" * len(args.models))
-    for mode in args.modes:
-        cells = []
-        for model_name in args.models:
-            per = {}
-            for tuning in ("on", "off"):
-                values = [
-                    r["modes"][mode]["ms_per_client_step"]
-                    for r in runs
-                    if r["model"] == model_name and r["tuning"] == tuning
+    for key, what in (("ms_per_client_step", "wall"), ("cpu_ms_per_client_step", "CPU")):
+        print(
+            f"\n{args.clients} clients x {args.steps} steps; {what} ms per client-step "
+            "(CPU time: all the process's threads), median of repeats"
+        )
+        header = "| mode |" + "".join(f" {m} on | {m} off | {m} off/on |" for m in args.models)
+        print(header)
+        print("|---|" + "---|---|---|" * len(args.models))
+        for mode in args.modes:
+            cells = []
+            for model_name in args.models:
+                per = {}
+                for tuning in ("on", "off"):
+                    values = [
+                        r["modes"][mode][key]
+                        for r in runs
+                        if r["model"] == model_name and r["tuning"] == tuning
+                    ]
+                    per[tuning] = statistics.median(values) if values else None
+                ratio = per["off"] / per["on"] if per["on"] and per["off"] else None
+                cells += [
+                    _ms(per["on"]),
+                    _ms(per["off"]),
+                    "-" if ratio is None else f"{ratio:.2f}x",
                 ]
-                per[tuning] = statistics.median(values) if values else None
-            ratio = per["off"] / per["on"] if per["on"] and per["off"] else None
-            cells += [
-                "-" if per["on"] is None else f"{per['on']:.3g}",
-                "-" if per["off"] is None else f"{per['off']:.3g}",
-                "-" if ratio is None else f"{ratio:.2f}x",
-            ]
-        print(f"| {mode} | " + " | ".join(cells) + " |")
+            print(f"| {mode} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"machine": _machine(), "runs": runs}, indent=1))
 
