@@ -98,6 +98,18 @@ PROTOCOLS = {
 }
 
 
+def shared_bench_file(name: str) -> Path | None:
+    """``shared/bench/<name>`` beside the checkout or any folder above it, or None.
+
+    The main checkout sits beside ``shared/``; a git worktree may sit deeper.
+    """
+    for folder in Path(__file__).resolve().parents[1:]:
+        candidate = folder / "shared" / "bench" / name
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def ensure_data() -> Path:
     """Writes the protocol data with shared/bench/make_workload.py if it is missing.
 
@@ -108,8 +120,8 @@ def ensure_data() -> Path:
     if all((DATA_DIR / f).exists() for f in wanted):
         return DATA_DIR
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "make_workload.py"
-    if script.exists():
+    script = shared_bench_file("make_workload.py")
+    if script is not None:
         subprocess.run([sys.executable, str(script), str(DATA_DIR)], check=True)
     else:
         from fedjax_keras import data

@@ -10,6 +10,11 @@ Systems, each in its own subprocess (so peak RSS and compilation caches are its 
                  batch (how FedJAX's default backend runs), same model wrapper.
   keras_loop     the loop a Keras user writes: set_weights / fit / get_weights
                  per client on a compiled Keras model.
+  fedjax         FedJAX 0.0.17 itself (jax 0.5.3, Haiku model), protocols A and B
+                 only, through shared/bench/fedjax_reference.py run with the
+                 python of its own virtual environment (--fedjax-venv; created
+                 with PROTOCOL.md's recipe when missing). If the install fails,
+                 its rows are skipped and the output says why.
 
 Timing follows shared/bench/PROTOCOL.md: one warm-up round, rounds 1..5 timed
 (1..50 for D on an accelerator) one by one until the new server weights are
@@ -30,8 +35,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SYSTEMS = ("fedjax_keras", "sequential", "keras_loop")
+SYSTEMS = ("fedjax_keras", "sequential", "keras_loop", "fedjax")
 ACCURACY_ROUNDS = 10
+HERE = Path(__file__).resolve().parent
+# FedJAX's venv, as shared/bench/PROTOCOL.md gives it.
+FEDJAX_PACKAGES = ["fedjax==0.0.17", "jax==0.5.3", "jaxlib==0.5.3", "dm-haiku", "optax"]
+# fedjax_reference.py's --child arguments: backend, batching, devices (PROTOCOL.md:
+# its plain batches for A, its fastest, padded batches, for B).
+FEDJAX_CONFIGS = {"A": ["jit", "plain", "1"], "B": ["jit", "padded", "1"]}
 
 
 def _peak_rss_mib() -> float:
@@ -229,14 +240,89 @@ def run_one(protocol_name: str, system: str, args) -> dict:
     timed, accuracy, info = RUNNERS[system](protocol, args)
     seconds = [t for t, _ in timed]
     rates = [n / t for t, n in timed]
+    import fedjax_keras  # imported by every system above; says whether the flag was set
+
     return {
         "protocol": protocol_name,
         "system": system,
+        "xla_tuning": fedjax_keras._xla_tuning.status,
         "seconds_per_round": statistics.median(seconds),
         "examples_per_second": statistics.median(rates),
         "accuracy": accuracy,
         "peak_rss_mib": _peak_rss_mib(),
         **info,
+    }
+
+
+def _fedjax_python(venv: Path) -> tuple[Path | None, str]:
+    """The python of FedJAX's venv, installing it when needed; (None, why) on failure."""
+    python = venv / "bin" / "python"
+
+    def importable() -> bool:
+        check = [str(python), "-c", "import fedjax, haiku, optax"]
+        return python.exists() and subprocess.run(check, capture_output=True).returncode == 0
+
+    if importable():
+        return python, ""
+    print(f"installing FedJAX into {venv}: {' '.join(FEDJAX_PACKAGES)} ...", flush=True)
+    try:
+        if not python.exists():
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(venv)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *FEDJAX_PACKAGES],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as error:
+        tail = (error.stderr or "").strip().splitlines()[-3:]
+        return None, f"installing FedJAX into {venv} failed: {' / '.join(tail)}"
+    except OSError as error:
+        return None, f"installing FedJAX into {venv} failed: {error}"
+    if not importable():
+        return None, f"FedJAX does not import in {venv} after installing it"
+    return python, ""
+
+
+def _without_ynn_flag(xla_flags: str) -> str:
+    """XLA_FLAGS minus the YNNPACK flag: jaxlib 0.5.3 aborts on flags it does not know."""
+    return " ".join(f for f in xla_flags.split() if "xla_cpu_experimental_ynn_fusion_type" not in f)
+
+
+def run_fedjax(protocol_name: str, python: Path, script: Path) -> dict:
+    """One FedJAX row: fedjax_reference.py --child, from benchmarks/, with the protocol's data."""
+    from protocols import DATA_DIR
+
+    env = dict(os.environ)
+    env.update(
+        BENCH_DATA=str(DATA_DIR),
+        JAX_PLATFORMS="cpu",
+        PYTHONWARNINGS="ignore::DeprecationWarning",
+        XLA_FLAGS=_without_ynn_flag(env.get("XLA_FLAGS", "")),
+    )
+    command = [str(python), str(script), "--child", protocol_name]
+    command += [*FEDJAX_CONFIGS[protocol_name], "--no-eval"]
+    done = subprocess.run(command, cwd=HERE, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT_JSON ")]
+    if not lines:
+        raise RuntimeError(f"no RESULT_JSON (exit {done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(lines[-1][len("RESULT_JSON ") :])
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    backend, batching, _ = FEDJAX_CONFIGS[protocol_name]
+    return {
+        "protocol": protocol_name,
+        "system": "fedjax",
+        "seconds_per_round": result["median_s_per_round"],
+        "examples_per_second": result["median_examples_per_s"],
+        "accuracy": result.get("accuracy"),
+        "peak_rss_mib": result["peak_rss_mib"],
+        "fedjax": f"0.0.17 on jax {result['versions']['jax']}, {backend}, {batching} batches",
     }
 
 
@@ -271,21 +357,62 @@ def main():
     )
     parser.add_argument("--runner", default="auto")
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument(
+        "--xla-tuning",
+        choices=["default", "on", "off", "both"],
+        default="default",
+        help="FEDJAX_KERAS_XLA_TUNING for the JAX systems: the environment's (default), on, "
+        "off, or both (each row twice, off then on, one after the other)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument(
+        "--fedjax-venv",
+        type=Path,
+        default=HERE / ".venv-fedjax",
+        help="FedJAX's virtual environment (created when missing; default benchmarks/.venv-fedjax)",
+    )
+    parser.add_argument(
+        "--fedjax-script",
+        type=Path,
+        help="fedjax_reference.py (default: shared/bench/ beside the checkout)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("PROTOCOL", "SYSTEM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print("RESULT " + json.dumps(run_one(*args.one, args)), flush=True)
         return
-    from protocols import ensure_data
+    from protocols import ensure_data, shared_bench_file
 
     ensure_data()
     print("machine:", _machine(), flush=True)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    fedjax_python, fedjax_script, skipped = None, None, None
+    if "fedjax" in args.systems and any(p in FEDJAX_CONFIGS for p in args.protocols):
+        fedjax_script = args.fedjax_script or shared_bench_file("fedjax_reference.py")
+        if fedjax_script is None or not Path(fedjax_script).exists():
+            skipped = "FedJAX rows skipped: fedjax_reference.py not found (pass --fedjax-script)"
+        else:
+            fedjax_python, why = _fedjax_python(args.fedjax_venv)
+            if fedjax_python is None:
+                skipped = f"FedJAX rows skipped: {why}"
+        if skipped:
+            print(skipped, flush=True)
     rows = []
     for protocol in args.protocols:
         for system in args.systems:
             if protocol.startswith("C") and system != "fedjax_keras":
                 continue  # Protocol C measures the engine's scaling only.
+            if system == "fedjax":
+                if protocol not in FEDJAX_CONFIGS or fedjax_python is None:
+                    continue  # fedjax_reference.py has protocols A and B only.
+                try:
+                    row = run_fedjax(protocol, fedjax_python, Path(fedjax_script))
+                except RuntimeError as error:
+                    print(f"{protocol} fedjax failed: {error}", flush=True)
+                    continue
+                rows.append(row)
+                print(_format(row), flush=True)
+                continue
             command = [
                 sys.executable,
                 __file__,
@@ -299,14 +426,19 @@ def main():
             ]
             if args.chunk_size:
                 command += ["--chunk-size", str(args.chunk_size)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                print(f"{protocol} {system} failed:\n{done.stderr[-3000:]}", flush=True)
-                continue
-            row = json.loads(lines[-1][len("RESULT ") :])
-            rows.append(row)
-            print(_format(row), flush=True)
+            for tuning in ("off", "on") if args.xla_tuning == "both" else (args.xla_tuning,):
+                env = dict(os.environ)
+                if tuning != "default":
+                    env["FEDJAX_KERAS_XLA_TUNING"] = "1" if tuning == "on" else "0"
+                done = subprocess.run(command, env=env, capture_output=True, text=True)
+                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    print(f"{protocol} {system} failed:\n{done.stderr[-3000:]}", flush=True)
+                    continue
+                row = json.loads(lines[-1][len("RESULT ") :])
+                rows.append(row)
+                print(_format(row), flush=True)
+    print(f"load average after: {os.getloadavg()}", flush=True)
     print()
     print(
         "| protocol | system | s/round (median) | examples/s (median) "
@@ -315,13 +447,47 @@ def main():
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(_format(row))
+    ratios = _ratios(rows)
+    if ratios:
+        print()
+        print("Same-run ratios, fedjax_keras examples/s over each system's:")
+        for line in ratios:
+            print(f"- {line}")
+    if skipped:
+        print(skipped)
     if args.json:
         args.json.write_text(json.dumps({"machine": _machine(), "rows": rows}, indent=1))
+
+
+def _ratios(rows) -> list[str]:
+    lines = []
+    tuned = [r for r in rows if r.get("xla_tuning") != "opted out"]
+    for protocol in dict.fromkeys(row["protocol"] for row in rows):
+        ours = [r for r in tuned if r["protocol"] == protocol and r["system"] == "fedjax_keras"]
+        others = [r for r in tuned if r["protocol"] == protocol and r["system"] != "fedjax_keras"]
+        if ours and others:
+            rate = ours[0]["examples_per_second"]
+            parts = [f"/ {r['system']} {rate / r['examples_per_second']:.2f}x" for r in others]
+            lines.append(f"{protocol}: fedjax_keras " + ", ".join(parts))
+        for system in dict.fromkeys(r["system"] for r in rows if r["protocol"] == protocol):
+            pair = [r for r in rows if r["protocol"] == protocol and r["system"] == system]
+            off = [r for r in pair if r.get("xla_tuning") == "opted out"]
+            on = [r for r in pair if r.get("xla_tuning") == "applied"]
+            if off and on:
+                speedup = on[0]["examples_per_second"] / off[0]["examples_per_second"]
+                lines.append(
+                    f"{protocol}: {system} with the XLA:CPU tuning / without {speedup:.2f}x"
+                )
+    return lines
 
 
 def _format(row) -> str:
     accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
     extra = f" ({row['runner']}, padding {row['padding']})" if "runner" in row else ""
+    if row.get("xla_tuning") not in (None, "applied"):
+        extra += f" [XLA tuning: {row['xla_tuning']}]"
+    if "fedjax" in row:
+        extra = f" ({row['fedjax']})"
     return (
         f"| {row['protocol']} | {row['system']}{extra} | {row['seconds_per_round']:.4f} | "
         f"{row['examples_per_second']:,.0f} | {accuracy} | {row['peak_rss_mib']:,.0f} MiB |"

@@ -6,6 +6,13 @@ from fedjax_keras.models._backend import select_jax_backend_if_unset as _select_
 
 _select_backend()
 
+# XLA reads XLA_FLAGS when JAX starts its first backend: tune XLA:CPU before that
+# (see _xla_tuning.py), and say once if this jax is not a measured version.
+from fedjax_keras import _jax_version, _xla_tuning
+
+_jax_version.check_jax_version()
+_xla_tuning.tune_xla_cpu()
+
 from fedjax_keras import aggregation as aggregation
 from fedjax_keras import algorithms as algorithms
 from fedjax_keras import checkpoint as checkpoint

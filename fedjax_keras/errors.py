@@ -119,3 +119,38 @@ class LabelRangeError(ValueError):
     and the label. Fix the labels, or give the model as many outputs as there
     are classes.
     """
+
+
+# Warnings (filter them by class with `warnings.filterwarnings`).
+
+
+class UnmeasuredJaxWarning(UserWarning):
+    """jax is a version fedjax_keras has not been measured with.
+
+    Results are still correct (nothing in the numerics depends on the jax
+    version), but the speed figures, the 'auto' runner's choices and the
+    XLA:CPU tuning hold for the measured versions only (``MEASURED_JAX`` in
+    ``fedjax_keras/_jax_version.py``; pyproject.toml pins them). Install a
+    measured version, or filter this warning.
+    """
+
+
+class XlaTuningWarning(UserWarning):
+    """fedjax_keras could not turn off XLA:CPU's slow YNNPACK convolution fusions.
+
+    JAX had already started its CPU backend when fedjax_keras was imported, and
+    XLA reads ``XLA_FLAGS`` only then. Import fedjax_keras before running any
+    JAX computation, or start Python with
+    ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=``; set
+    ``FEDJAX_KERAS_XLA_TUNING=0`` to silence this (see docs/performance.md).
+    """
+
+
+class PaddingWarning(UserWarning):
+    """More than half of a round's example slots were padding (said once per process).
+
+    Padding costs compute on the vmapped executor. The message names the main
+    cause (partial batches, steps past a client's last within its chunk, or
+    dummy clients filling the last chunk) and the option that reduces it; see
+    ``fedjax_keras.data.padding_warning`` and docs/performance.md.
+    """

@@ -221,7 +221,9 @@ def test_lexsort_fallback_gives_the_same_permutation(monkeypatch):
 def test_all_empty_clients_give_one_masked_step():
     cohort = FederatedData.from_arrays(np.zeros((0, 2)), np.zeros(0), [0, 0, 0])
     plan = plan_cohort(cohort, batch_size=4, seed=0)
-    assert plan.chunk_shapes == [(2, 1, 4)] and plan.padding_fraction == 1.0
+    assert plan.chunk_shapes == [(2, 1, 1)] and plan.padding_fraction == 1.0
+    uncapped = plan_cohort(cohort, batch_size=4, seed=0, cap_batch=False)
+    assert uncapped.chunk_shapes == [(2, 1, 4)]
     (chunk,) = plan.chunks()
     assert not chunk.mask.any()
     np.testing.assert_array_equal(chunk.num_steps, [0, 0])
@@ -307,3 +309,109 @@ def test_geometric_buckets_are_powers_of_two_and_three_quarters_of_them():
     # Each count goes to the smallest allowed value that holds it (hand reference).
     expected = [min(a for a in allowed if a >= n) for n in needed]
     assert rounded.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "sizes, batch_size, width",
+    [
+        ([10, 3, 7], 1000, 16),  # every client under batch_size: the next power of two
+        ([60], 10**7, 64),
+        ([8, 1], 1000, 8),
+        ([1, 1], 1000, 1),
+        ([5, 0, 2], 6, 6),  # never above batch_size
+        ([5, 30], 20, 20),  # a client needs several batches: full width
+        ([20], 20, 20),
+    ],
+)
+def test_batch_width_is_capped_at_the_largest_client(sizes, batch_size, width):
+    plan = plan_cohort(make_cohort(sizes), batch_size=batch_size, seed=0, chunk_size=2)
+    assert plan.batch_size == batch_size and plan.padded_batch_size == width
+    assert all(shape[2] == width for shape in plan.chunk_shapes)
+    assert all(chunk.mask.shape[2] == width for chunk in plan.chunks())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_capped_plan_gives_every_client_the_uncapped_batches(shuffle, epochs):
+    cohort = make_cohort([10, 0, 3, 7, 1, 9])
+    kwargs = dict(batch_size=1000, epochs=epochs, shuffle=shuffle, seed=4, chunk_size=4)
+    capped, uncapped = plan_cohort(cohort, **kwargs), plan_cohort(cohort, cap_batch=False, **kwargs)
+    assert (capped.padded_batch_size, uncapped.padded_batch_size) == (16, 1000)
+    assert batches_of(capped, cohort) == batches_of(uncapped, cohort)
+    np.testing.assert_array_equal(capped.chunk_steps, uncapped.chunk_steps)
+    slots = int(capped.chunk_steps.sum()) * 4  # per unit of batch width
+    assert capped.padding_fraction == pytest.approx(1 - epochs * 30 / (slots * 16))
+    assert uncapped.padding_fraction == pytest.approx(1 - epochs * 30 / (slots * 1000))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 11), min_size=1, max_size=6),
+    batch_size=st.integers(1, 40),
+    epochs=st.integers(1, 2),
+    chunk_size=st.one_of(st.none(), st.integers(1, 4)),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_property_capping_never_changes_a_batch(
+    sizes, batch_size, epochs, chunk_size, shuffle, seed
+):
+    cohort = make_cohort(sizes)
+    kwargs = dict(batch_size=batch_size, epochs=epochs, shuffle=shuffle, seed=seed)
+    capped = plan_cohort(cohort, chunk_size=chunk_size, **kwargs)
+    uncapped = plan_cohort(cohort, chunk_size=chunk_size, cap_batch=False, **kwargs)
+    width = capped.padded_batch_size
+    assert width <= batch_size and (width == batch_size or width >= max(sizes))
+    assert width == batch_size or width & (width - 1) == 0  # a power of two
+    assert batches_of(capped, cohort) == batches_of(uncapped, cohort)
+    for a, b in zip(capped.chunks(), uncapped.chunks()):
+        np.testing.assert_array_equal(a.num_steps, b.num_steps)
+        np.testing.assert_array_equal(a.client_positions, b.client_positions)
+
+
+@pytest.mark.parametrize("runner", ["vmap", "sequential"])
+def test_capped_batches_train_exactly_like_uncapped(monkeypatch, runner):
+    """Masked means: a narrower padded batch gives the same weights and metrics."""
+    import functools
+
+    import keras
+    import optax
+
+    import fedjax_keras as fk
+    from fedjax_keras.algorithms import _process
+
+    data = make_clients_for_training([9, 3, 6, 1, 8, 4])
+    net = fk.testing.toy_models.mlp(seed=5)
+    model = fk.from_keras_model(
+        net,
+        {"x": np.zeros((1, 4), np.float32), "y": np.zeros((1,), np.int32)},
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()],
+    )
+
+    def train(cap_batch):
+        monkeypatch.setattr(
+            _process, "plan_cohort", functools.partial(plan_cohort, cap_batch=cap_batch)
+        )
+        process = fk.algorithms.build_weighted_fed_avg(
+            model, optax.sgd(0.1), batch_size=100, epochs=2, chunk_size=4, runner=runner
+        )
+        state = process.initialize(0)
+        for r in range(2):
+            out = process.next(state, data.sample_clients(5, seed=r))
+            state = out.state
+        return out
+
+    capped, uncapped = train(True), train(False)
+    fk.testing.assert_trees_all_close(capped.state.model, uncapped.state.model, rtol=1e-6, atol=0)
+    for name in ("loss", "sparse_categorical_accuracy", "num_examples"):
+        np.testing.assert_allclose(capped.metrics[name], uncapped.metrics[name], rtol=1e-6)
+    assert capped.metrics["padding_fraction"] < uncapped.metrics["padding_fraction"] - 0.1
+
+
+def make_clients_for_training(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=n).astype(np.int32)
+    return FederatedData.from_arrays(x, y, np.concatenate([[0], np.cumsum(sizes)]))

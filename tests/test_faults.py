@@ -235,6 +235,9 @@ BAD_VALUES = {
     # Below a regular file, or (from a config file) holding a NUL.
     "run_dir": st.one_of(_WORD.map(lambda n: f"a_file/{n}"), _WORD.map(lambda n: f"run_\x00{n}")),
     "progress": _TEXT.filter(lambda t: t.lower() not in ("true", "false", "yes", "no", "1", "0")),
+    "compile_cache": _TEXT.filter(
+        lambda t: t.lower() not in ("true", "false", "yes", "no", "1", "0")
+    ),
 }
 
 

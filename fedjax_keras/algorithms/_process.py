@@ -33,9 +33,9 @@ from fedjax_keras.algorithms._options import EngineOptions
 from fedjax_keras.algorithms._round import finish_round, make_chunk_program, start_carry
 from fedjax_keras.algorithms._state import RoundOutput, ServerState
 from fedjax_keras.client import ClientBatchArrays, ClientTable, round_key
-from fedjax_keras.data import FederatedData, plan_cohort
+from fedjax_keras.data import FederatedData, padding_warning, plan_cohort
 from fedjax_keras.data._unreliable import completed_steps
-from fedjax_keras.errors import NonFiniteServerUpdateError, StateMismatchError
+from fedjax_keras.errors import NonFiniteServerUpdateError, PaddingWarning, StateMismatchError
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.parallel import Chunk, ChunkInfo, HostChunk, Placement, RoundInputs
 from fedjax_keras.parallel._choose import agree_across_processes, choose_fastest
@@ -170,6 +170,7 @@ class FederatedProcess:
         self.placement = Placement(self.options.mesh)
         self._chunk_program = make_chunk_program(algorithm, model)
         self._caches = _Caches()
+        self._padding_warned = False
         self._start = self.placement.jit(self._start_impl, static_argnums=(2,))
         self._finish = self.placement.jit(self._finish_impl)
 
@@ -616,12 +617,23 @@ class FederatedProcess:
             nonfinite_rounds=np.int64(streak),
         )
 
+    def _warn_about_padding(self, plan) -> None:
+        # Once per process: the cause rarely changes between rounds, and a warning
+        # whose percentages change every round would print every round.
+        if self._padding_warned:
+            return
+        message = padding_warning(plan)
+        if message is not None:
+            self._padding_warned = True
+            warnings.warn(message, PaddingWarning, stacklevel=4)
+
     def _finish_metrics(self, new_state, metrics: dict, prepared) -> dict:
         """Host-side metrics: unreliable clients, padding, the host_metrics functions."""
         if prepared.reported is not None:
             metrics["num_unreported_clients"] = int(np.sum(~prepared.reported))
             metrics["num_stragglers"] = int(np.sum(prepared.reported & (prepared.work < 1)))
         metrics["padding_fraction"] = float(prepared.plan.padding_fraction)
+        self._warn_about_padding(prepared.plan)
         for hook in self.options.host_metrics:
             extra = hook(new_state, dict(metrics))
             if not isinstance(extra, dict):

@@ -71,6 +71,7 @@ class Config:
     keep_checkpoints: int = 3
     run_dir: str | None = None
     progress: bool = True
+    compile_cache: bool = True
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -86,6 +87,7 @@ FIXED_ON_RESUME = tuple(
         "keep_checkpoints",
         "run_dir",
         "progress",
+        "compile_cache",
         "chunk_size",
         "runner",
     )

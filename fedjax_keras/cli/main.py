@@ -61,6 +61,8 @@ HELP = {
     "keep_checkpoints": "keep the newest N checkpoints",
     "run_dir": "run directory (default runs/<task>-<algorithm>-<time>)",
     "progress": "show the live progress bar",
+    "compile_cache": "keep compiled programs on disk for later runs "
+    "(in $XDG_CACHE_HOME/fedjax_keras, see docs/performance.md)",
 }
 # Test hook: once this round is logged (and checkpointed, when due) the process
 # kills itself with SIGKILL, as a preempted job would be; tests/test_checkpoint.py
@@ -134,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         default = field.default
         help_text = HELP[name] if default is None else f"{HELP[name]} (default: {default})"
-        if name == "progress":
+        if field.type is bool:
             sim.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             sim.add_argument(flag, metavar=name.upper(), help=help_text)
@@ -202,12 +204,14 @@ def simulate(config, resume: bool) -> int:
     import jax
 
     import fedjax_keras  # noqa: F401 (selects the JAX backend before keras loads)
+    from fedjax_keras.cli._compile_cache import configure_compile_cache
     from fedjax_keras.cli.run_dir import RunDir
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     if config.devices is not None:
         # Before the backend starts: N CPU devices when there is no accelerator.
         jax.config.update("jax_num_cpu_devices", config.devices)
+    configure_compile_cache(config.compile_cache)
     distributed.join_if_launched()
     if distributed.is_primary():
         run = RunDir.open_existing(config.run_dir) if resume else RunDir.create(config.run_dir)

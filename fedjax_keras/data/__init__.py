@@ -14,6 +14,9 @@ from ._loaders import load_leaf_json as load_leaf_json
 from ._loaders import load_tff_h5 as load_tff_h5
 from ._loaders import shakespeare_char_ids as shakespeare_char_ids
 from ._loaders import shakespeare_preprocess as shakespeare_preprocess
+from ._padding import PaddingBreakdown as PaddingBreakdown
+from ._padding import padding_breakdown as padding_breakdown
+from ._padding import padding_warning as padding_warning
 from ._partition import partition_dirichlet as partition_dirichlet
 from ._partition import partition_iid as partition_iid
 from ._partition import partition_quantity_skew as partition_quantity_skew

@@ -24,6 +24,13 @@ chunks of exactly chunk_size clients, the last one padded with dummy clients
 up by ``step_buckets`` (and at least 1), so that few distinct shapes compile.
 Padded slots are zero-filled, never copies of other rows: a NaN there would
 poison a masked sum.
+
+Batch width: when every client of the cohort has fewer than B examples, each
+client has one batch per epoch and a width of B would be mostly padding
+(batch_size=1000 on clients of 10 examples: 99%). The arrays are then only as
+wide as the largest client, rounded up to a power of two so that few widths
+compile (``padded_batch_size``). Every client still gets exactly the same
+batches; the losses and metrics are masked means, so training is unchanged.
 """
 
 from __future__ import annotations
@@ -100,7 +107,9 @@ class CohortPlan:
     `chunks()` materialises the padded arrays lazily, one chunk at a time.
 
     Attributes:
-      batch_size: B.
+      batch_size: B, examples per step.
+      padded_batch_size: the width of the chunks' batch axis: B, or less when every
+        client has fewer than B examples (see the module docstring).
       epochs: E.
       chunk_size: clients per chunk K (the cohort size when planned with None).
       order: int64 [C]; cohort positions in chunk order (steps descending).
@@ -110,6 +119,7 @@ class CohortPlan:
     """
 
     batch_size: int
+    padded_batch_size: int
     epochs: int
     chunk_size: int
     order: np.ndarray
@@ -132,7 +142,7 @@ class CohortPlan:
     @property
     def chunk_shapes(self) -> list[tuple[int, int, int]]:
         """(clients, steps, batch) of every chunk."""
-        return [(self.chunk_size, int(s), self.batch_size) for s in self.chunk_steps]
+        return [(self.chunk_size, int(s), self.padded_batch_size) for s in self.chunk_steps]
 
     @property
     def slot_positions(self) -> np.ndarray:
@@ -148,7 +158,7 @@ class CohortPlan:
     @property
     def padding_fraction(self) -> float:
         """Padded example slots / all slots, dummy clients included."""
-        slots = int(self.chunk_steps.sum()) * self.chunk_size * self.batch_size
+        slots = int(self.chunk_steps.sum()) * self.chunk_size * self.padded_batch_size
         return 1.0 - self.epochs * self.num_examples / slots
 
     def __repr__(self) -> str:
@@ -170,7 +180,7 @@ class CohortPlan:
     def chunk_rows(self, index: int) -> ChunkRows:
         """Chunk ``index`` as row indices into `source`, without gathering any example."""
         j = operator.index(index)
-        shape = (self.chunk_size, int(self.chunk_steps[j]), self.batch_size)
+        shape = (self.chunk_size, int(self.chunk_steps[j]), self.padded_batch_size)
         s0, s1 = self._slot_bounds[j], self._slot_bounds[j + 1]
         positions, num_examples, num_steps = self._per_client[:, j]
         return ChunkRows(
@@ -186,7 +196,7 @@ class CohortPlan:
         j = operator.index(index)
         if not 0 <= j < self.num_chunks:
             raise IndexError(f"index must be in [0, {self.num_chunks}), got {index!r}.")
-        shape = (self.chunk_size, int(self.chunk_steps[j]), self.batch_size)
+        shape = (self.chunk_size, int(self.chunk_steps[j]), self.padded_batch_size)
         s0, s1 = self._slot_bounds[j], self._slot_bounds[j + 1]
         mask = self._mask[s0:s1].copy()
         e0, e1 = self._bounds[j], self._bounds[j + 1]
@@ -229,6 +239,7 @@ def plan_cohort(
     seed: int | None = None,
     chunk_size: int | None = None,
     step_buckets: str | Sequence[int] = "pow2",
+    cap_batch: bool = True,
 ) -> CohortPlan:
     """Plans a cohort's padded, bucketed batches (see the module docstring).
 
@@ -243,6 +254,9 @@ def plan_cohort(
         of two), "geometric" (next of 1, 2, 3, 4, 6, 8, 12, 16, ...: powers of two
         and three times powers of two), "exact", or an increasing sequence of
         allowed step counts.
+      cap_batch: when every client has fewer than ``batch_size`` examples, pad
+        batches only to the largest client's size rounded up to a power of two
+        (the same batches, far less padding); False always pads to ``batch_size``.
 
     Returns:
       A `CohortPlan`; iterate ``plan.chunks()`` for the `ClientBatches`.
@@ -266,6 +280,10 @@ def plan_cohort(
     k = c if chunk_size is None else chunk_size
     sizes = cohort.client_sizes
     steps_per_epoch = -(-sizes // b)
+    # Slots per step. Narrower than b only when every client fits in one batch,
+    # so the layout below (step t of a segment at slots [t * width, (t+1) * width))
+    # never splits a batch.
+    width = _padded_batch_size(b, int(sizes.max())) if cap_batch else b
     steps = e * steps_per_epoch
     order = np.argsort(-steps, kind="stable")
     num_chunks = -(-c // k)
@@ -280,14 +298,14 @@ def plan_cohort(
     # Segments: one per (client in chunk order, epoch), laid out client-major.
     # Segment-level bases are computed first, then spread to elements by np.repeat.
     slot_bounds = np.zeros(num_chunks + 1, np.int64)
-    np.cumsum(k * b * chunk_steps, out=slot_bounds[1:])
-    slot_base = slot_bounds[:-1, None] + np.arange(k) * (chunk_steps * b)[:, None]
+    np.cumsum(k * width * chunk_steps, out=slot_bounds[1:])
+    slot_base = slot_bounds[:-1, None] + np.arange(k) * (chunk_steps * width)[:, None]
     slot_base = slot_base.reshape(-1)[:c]
     source, starts = cohort.source_rows
     row_base = starts[order]
     seg_len = sizes[order]
     if e > 1:
-        epoch_slots = np.arange(e) * (steps_per_epoch[order] * b)[:, None]
+        epoch_slots = np.arange(e) * (steps_per_epoch[order] * width)[:, None]
         slot_base = (slot_base[:, None] + epoch_slots).reshape(-1)
         row_base, seg_len = np.repeat(row_base, e), np.repeat(seg_len, e)
     seg_start = np.zeros(len(seg_len) + 1, np.int64)
@@ -308,6 +326,7 @@ def plan_cohort(
     mask[slots] = True
     return CohortPlan(
         batch_size=b,
+        padded_batch_size=width,
         epochs=e,
         chunk_size=k,
         order=order,
@@ -323,6 +342,11 @@ def plan_cohort(
         _mask=mask,
         _per_client=per_client,
     )
+
+
+def _padded_batch_size(batch_size: int, largest_client: int) -> int:
+    """``batch_size``, or the next power of two >= the largest client when that is smaller."""
+    return min(batch_size, 1 << max(largest_client - 1, 0).bit_length())
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
