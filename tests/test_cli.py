@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import fedjax_keras  # noqa: F401 (JAX backend before keras)
-from fedjax_keras import algorithms, checkpoint
+from fedjax_keras import aggregation, algorithms, checkpoint
 from fedjax_keras.cli import config as config_lib
 from fedjax_keras.cli import main
 from fedjax_keras.cli.config import ALGORITHMS
@@ -454,3 +454,64 @@ def test_shakespeare_h5_trains_the_char_lstm_with_pad_tokens_masked(tmp_path):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"] in (None, "char_lstm")
     assert np.isfinite(row["train_loss"]) and row["num_examples"] > 0
+
+
+@pytest.mark.parametrize(
+    "spec, aggregator",
+    [
+        (
+            "dp:noise_multiplier=0.7,clip=0.5",
+            lambda: aggregation.dp_aggregator(0.7, clients_per_round=3, clip=0.5),
+        ),
+        (
+            "clipped:norm=0.05/trimmed_mean:beta=0.34",
+            lambda: aggregation.clipped(0.05, aggregation.trimmed_mean(0.34)),
+        ),
+    ],
+)
+def test_aggregator_flag_builds_the_aggregator_of_the_python_api(tmp_path, spec, aggregator):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--rounds", "2", "--runner", "vmap", "--aggregator", spec]
+    assert main([*args, "--run-dir", str(run_dir)]) == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    config = config_lib.resolve(config_lib.read_config_file(str(run_dir / "config.yaml")), {}, {})
+    task = load_task(config)
+    process = algorithms.build_weighted_fed_avg(
+        build_model(config, task),
+        optax.sgd(0.05),
+        optax.sgd(1.0),
+        aggregator=aggregator(),
+        batch_size=20,
+        runner="vmap",
+    )
+    state = process.initialize(config.seed)
+    for round_num, row in enumerate(rows):
+        cohort = task.train.sample_clients(config.cohort_size, seed=[config.seed, round_num])
+        out = process.next(state, cohort)
+        state = out.state
+        assert row["train_loss"] == pytest.approx(out.metrics["loss"], rel=1e-6)
+    cli_state = checkpoint.restore_state(run_dir / "checkpoints", state, round_num=2)
+    for a, b in zip(jax.tree.leaves(cli_state.model), jax.tree.leaves(state.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    if spec.startswith("dp:"):
+        # Fixed-size cohorts of 3 from 10 clients, delta 1/10, as dp-accounting computes it.
+        import dp_accounting
+
+        for rounds, row in enumerate(rows, start=1):
+            event = dp_accounting.SelfComposedDpEvent(
+                dp_accounting.SampledWithoutReplacementDpEvent(
+                    10, 3, dp_accounting.GaussianDpEvent(0.7)
+                ),
+                rounds,
+            )
+            acc = dp_accounting.rdp.RdpAccountant(
+                neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+            )
+            acc.compose(event)
+            assert row["epsilon"] == pytest.approx(acc.get_epsilon(0.1), rel=1e-9)
+            assert row["delta"] == pytest.approx(0.1)
+        assert rows[1]["epsilon"] > rows[0]["epsilon"]
+    else:
+        assert "epsilon" not in rows[0]

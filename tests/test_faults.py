@@ -226,6 +226,11 @@ BAD_VALUES = {
     "runner": _outside(("auto", "timed", "vmap", "unroll", "sequential")),
     "seed": _ints_outside(0, MAX_SEED),
     "devices": _ints_outside(1, 4096),
+    "aggregator": st.one_of(
+        _WORD.map(lambda name: f"zz_{name}"),  # no such kind
+        _WORD.map(lambda name: f"dp:noise_multiplier=1,zz_{name}=1"),  # no such argument
+        st.sampled_from(["dp:clip", "/median", "median/", "dp:noise_multiplier=-1"]),
+    ),
     "dropout": _numbers(lambda x: not 0 <= x <= 1),
     "straggler_rate": _numbers(lambda x: not 0 <= x <= 1),
     "straggler_work": _numbers(lambda x: not 0 < x <= 1),

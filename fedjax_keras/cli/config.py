@@ -54,6 +54,7 @@ class Config:
     server_lr: float | None = None
     mu: float = 0.01
     options: str | None = None
+    aggregator: str | None = None
     batch_size: int = 20
     epochs: int = 1
     # Run.
@@ -336,6 +337,11 @@ def validate(config: Config) -> None:
         )
     entry = get_algorithm(config.algorithm)
     parse_options(config.options, dict(entry.options), config.algorithm)
+    if config.aggregator is not None:
+        from fedjax_keras.cli._aggregator_spec import build_aggregator, privacy_accountant
+
+        build_aggregator(config.aggregator, config.cohort_size)
+        privacy_accountant(config.aggregator, config.cohort_size, max(config.num_clients, 1))
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from fedjax_keras import algorithms
+from fedjax_keras.cli._aggregator_spec import build_aggregator, privacy_accountant
 from fedjax_keras.cli._errors import UsageError
 from fedjax_keras.cli.config import parse_options
 from fedjax_keras.cli.models import resolve_model
@@ -63,6 +64,11 @@ def build_process(config, model: Model, task: Task):
         engine["unreliable_clients"] = UnreliableClients(
             config.dropout, config.straggler_rate, config.straggler_work
         )
+    if config.aggregator is not None:
+        engine["aggregator"] = build_aggregator(config.aggregator, config.cohort_size)
+        acc = privacy_accountant(config.aggregator, config.cohort_size, task.train.num_clients)
+        if acc is not None:
+            engine["host_metrics"] = (acc,)
     entry = algorithms.get_algorithm(config.algorithm)
     if entry.epochs_must_be_one and config.epochs != 1:
         raise UsageError(

@@ -43,6 +43,8 @@ HELP = {
     "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; "
     "fedadagrad 0.1)",
     "mu": "fedprox proximal strength (also --options mu=...)",
+    "aggregator": "how client updates are combined: KIND[:NAME=VALUE,...][/INNER...], e.g. "
+    "'dp:noise_multiplier=1.0,clip=0.5' or 'clipped:norm=1/median' (see docs/cli.md)",
     "options": "the algorithm's named options, NAME=VALUE[,NAME=VALUE...] (see docs/algorithms.md)",
     "devices": "devices to shard the clients over: the first N of each process "
     "(N forced CPU devices when there is no accelerator)",
@@ -232,6 +234,7 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
     )
     from fedjax_keras.cli.progress import RoundProgress, print_summary
     from fedjax_keras.cli.tasks import load_task
+    from fedjax_keras.errors import PaddingWarning
 
     task = load_task(config)
     if config.client_lr is None:
@@ -290,9 +293,14 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
                 "clients_per_second": config.cohort_size / seconds,
                 "examples_per_second": metrics["num_examples"] / seconds,
             }
+            if "epsilon" in metrics:  # --aggregator with a noised 'dp' stage
+                row["epsilon"], row["delta"] = metrics["epsilon"], metrics["delta"]
             if test.num_clients and (done % config.eval_every == 0 or done == config.rounds):
                 eval_state = evaluator.set_model_weights(evaluator.initialize(), state.model)
-                result = evaluator.next(eval_state, test).metrics
+                with warnings.catch_warnings():
+                    # The evaluation's batch size is the command line's choice, not the user's.
+                    warnings.simplefilter("ignore", PaddingWarning)
+                    result = evaluator.next(eval_state, test).metrics
                 row["eval_loss"], row["eval_accuracy"] = result["loss"], result.get("accuracy")
             row["elapsed_seconds"] = elapsed_before + time.perf_counter() - began
             run.append(row)

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fedjax_keras.cli._aggregator_spec import epsilon_text
+
 
 def _fmt(value, digits=4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
@@ -64,7 +66,8 @@ class RoundProgress:
                 f"round {row['round']}: train loss {_fmt(row['train_loss'])} "
                 f"acc {_fmt(row.get('train_accuracy'), 3)} | eval loss {_fmt(row['eval_loss'])} "
                 f"acc {_fmt(row['eval_accuracy'], 3)} | {row['clients_per_second']:.1f} clients/s "
-                f"| {row['elapsed_seconds']:.1f} s",
+                f"| {row['elapsed_seconds']:.1f} s"
+                + (f" | epsilon {epsilon_text(row['epsilon'])}" if "epsilon" in row else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -78,18 +81,23 @@ def print_summary(rows: list[dict], run_dir: str, seconds: float, title: str) ->
     """The final table: first and last round, best eval accuracy, time, run directory."""
     console = Console()
     table = Table(title=title)
-    for column in ("", "round", "train loss", "train acc", "eval loss", "eval acc"):
+    private = any("epsilon" in row for row in rows)
+    columns = ("", "round", "train loss", "train acc", "eval loss", "eval acc")
+    for column in columns + (("epsilon",) if private else ()):
         table.add_column(column, justify="right" if column else "left")
 
     def add(label, row):
-        table.add_row(
+        cells = [
             label,
             str(row["round"]),
             _fmt(row.get("train_loss")),
             _fmt(row.get("train_accuracy"), 3),
             _fmt(row.get("eval_loss")),
             _fmt(row.get("eval_accuracy"), 3),
-        )
+        ]
+        if private:  # (epsilon, delta) spent by the end of that round
+            cells.append(epsilon_text(row.get("epsilon")))
+        table.add_row(*cells)
 
     evaluated = [row for row in rows if row.get("eval_accuracy") is not None]
     if rows:
@@ -98,6 +106,11 @@ def print_summary(rows: list[dict], run_dir: str, seconds: float, title: str) ->
     if evaluated:
         add("best eval", max(evaluated, key=lambda row: row["eval_accuracy"]))
     console.print(table)
+    if private:
+        console.print(
+            f"epsilon: user-level (epsilon, delta={rows[-1]['delta']:.3g})-DP spent by that "
+            "round (dp-accounting, fixed-size cohorts)."
+        )
     speeds = [row["clients_per_second"] for row in rows]
     speed = f", median {sorted(speeds)[len(speeds) // 2]:.1f} clients/s" if speeds else ""
     console.print(
