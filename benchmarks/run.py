@@ -5,7 +5,10 @@
     python benchmarks/run.py --protocols A --runner unroll --chunk-size 2
 
 Systems, each in its own subprocess (so peak RSS and compilation caches are its own):
-  fedjax_keras   build_weighted_fed_avg: chunks of clients in compiled programs.
+  fedjax_keras   build_weighted_fed_avg: chunks of clients in compiled programs,
+                 cohorts taken from the population (`data.subset`).
+  fedjax_keras_list  the same process, each round's cohort given as a fresh
+                 list of {'x', 'y'} dicts (TFF's way of passing clients).
   sequential     a per-client Python loop over one jitted model.train_step per
                  batch (how FedJAX's default backend runs), same model wrapper.
   keras_loop     the loop a Keras user writes: set_weights / fit / get_weights
@@ -35,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SYSTEMS = ("fedjax_keras", "sequential", "keras_loop", "fedjax")
+SYSTEMS = ("fedjax_keras", "fedjax_keras_list", "sequential", "keras_loop", "fedjax")
 ACCURACY_ROUNDS = 10
 HERE = Path(__file__).resolve().parent
 # FedJAX's venv, as shared/bench/PROTOCOL.md gives it.
@@ -68,19 +71,28 @@ def _accuracy(model, weights, x, y) -> float:
     return correct / len(x)
 
 
-def _timed_rounds(protocol, num_rounds, run_round):
-    """Calls run_round(r) for every round; returns (seconds, examples) of the timed rounds."""
+def _timed_rounds(protocol, num_rounds, run_round, info=None):
+    """Calls run_round(r) for every round; returns (seconds, examples) of the timed rounds.
+
+    The first (warm-up) round's seconds, compilation included, go to
+    ``info['first_round_s']`` when ``info`` is given."""
     timed = []
     for r in range(num_rounds):
         start = time.perf_counter()
         examples = run_round(r)
         elapsed = time.perf_counter() - start
+        if r == 0 and info is not None:
+            info["first_round_s"] = round(elapsed, 3)
         if 1 <= r <= protocol.timed_rounds():
             timed.append((elapsed, examples))
     return timed
 
 
-def run_fedjax_keras(protocol, args):
+def run_fedjax_keras_list(protocol, args):
+    return run_fedjax_keras(protocol, args, as_list=True)
+
+
+def run_fedjax_keras(protocol, args, as_list=False):
     import jax
     import keras
     import optax
@@ -88,6 +100,11 @@ def run_fedjax_keras(protocol, args):
 
     import fedjax_keras
 
+    if args.compile_cache:
+        # What `fedjax-keras simulate` does by default (fedjax_keras/cli/_compile_cache.py).
+        jax.config.update("jax_compilation_cache_dir", str(args.compile_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     x, y, offsets = load(protocol)
     data = fedjax_keras.data.FederatedData.from_arrays(x, y, offsets)
     model = fedjax_keras.from_keras_model(
@@ -110,14 +127,21 @@ def run_fedjax_keras(protocol, args):
     info = {}
 
     def run_round(r):
-        cohort = data.subset(cohort_positions(protocol, r, data.num_clients))
+        positions = cohort_positions(protocol, r, data.num_clients)
+        if as_list:
+            cohort = [
+                {"x": x[offsets[c] : offsets[c + 1]], "y": y[offsets[c] : offsets[c + 1]]}
+                for c in positions
+            ]
+        else:
+            cohort = data.subset(positions)
         out = process.next(state[0], cohort)
         jax.block_until_ready(out.state.model)
         state[0] = out.state
         info.update(runner=out.metrics["runner"], padding=round(out.metrics["padding_fraction"], 3))
         return out.metrics["num_examples"]
 
-    timed = _timed_rounds(protocol, args.rounds, run_round)
+    timed = _timed_rounds(protocol, args.rounds, run_round, info)
     accuracy = _accuracy(model, state[0].model, x, y) if args.rounds >= ACCURACY_ROUNDS else None
     return timed, accuracy, info
 
@@ -226,6 +250,7 @@ def run_keras_loop(protocol, args):
 
 RUNNERS = {
     "fedjax_keras": run_fedjax_keras,
+    "fedjax_keras_list": run_fedjax_keras_list,
     "sequential": run_sequential,
     "keras_loop": run_keras_loop,
 }
@@ -364,6 +389,12 @@ def main():
         help="FEDJAX_KERAS_XLA_TUNING for the JAX systems: the environment's (default), on, "
         "off, or both (each row twice, off then on, one after the other)",
     )
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="JAX's persistent compilation cache folder for the fedjax_keras systems (run twice: "
+        "the second run's first round is the warm-cache figure)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument(
         "--fedjax-venv",
@@ -426,6 +457,8 @@ def main():
             ]
             if args.chunk_size:
                 command += ["--chunk-size", str(args.chunk_size)]
+            if args.compile_cache:
+                command += ["--compile-cache", str(args.compile_cache)]
             for tuning in ("off", "on") if args.xla_tuning == "both" else (args.xla_tuning,):
                 env = dict(os.environ)
                 if tuning != "default":
@@ -463,12 +496,17 @@ def _ratios(rows) -> list[str]:
     lines = []
     tuned = [r for r in rows if r.get("xla_tuning") != "opted out"]
     for protocol in dict.fromkeys(row["protocol"] for row in rows):
-        ours = [r for r in tuned if r["protocol"] == protocol and r["system"] == "fedjax_keras"]
-        others = [r for r in tuned if r["protocol"] == protocol and r["system"] != "fedjax_keras"]
-        if ours and others:
-            rate = ours[0]["examples_per_second"]
-            parts = [f"/ {r['system']} {rate / r['examples_per_second']:.2f}x" for r in others]
-            lines.append(f"{protocol}: fedjax_keras " + ", ".join(parts))
+        for name in ("fedjax_keras", "fedjax_keras_list"):
+            ours = [r for r in tuned if r["protocol"] == protocol and r["system"] == name]
+            others = [
+                r
+                for r in tuned
+                if r["protocol"] == protocol and not r["system"].startswith("fedjax_keras")
+            ]
+            if ours and others:
+                rate = ours[0]["examples_per_second"]
+                parts = [f"/ {r['system']} {rate / r['examples_per_second']:.2f}x" for r in others]
+                lines.append(f"{protocol}: {name} " + ", ".join(parts))
         for system in dict.fromkeys(r["system"] for r in rows if r["protocol"] == protocol):
             pair = [r for r in rows if r["protocol"] == protocol and r["system"] == system]
             off = [r for r in pair if r.get("xla_tuning") == "opted out"]
@@ -484,6 +522,8 @@ def _ratios(rows) -> list[str]:
 def _format(row) -> str:
     accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
     extra = f" ({row['runner']}, padding {row['padding']})" if "runner" in row else ""
+    if "first_round_s" in row:
+        extra += f" [first round {row['first_round_s']:.2f} s]"
     if row.get("xla_tuning") not in (None, "applied"):
         extra += f" [XLA tuning: {row['xla_tuning']}]"
     if "fedjax" in row:

@@ -567,6 +567,9 @@ def _as_leaf_arrays(tree: Any, name: str) -> Any:
         raise ValueError(f"{name} holds no array (got {tree!r}); expected an array [N, ...].")
     arrays = []
     for path, leaf in leaves_with_paths:
+        if isinstance(leaf, np.ndarray) and leaf.dtype != object and leaf.ndim:
+            arrays.append(_read_only(leaf))  # the common case, without building a name
+            continue
         where = f"{name}{tree_util.keystr(path)}"
         try:
             array = np.asarray(leaf)
@@ -589,6 +592,9 @@ def _as_leaf_arrays(tree: Any, name: str) -> Any:
 
 
 def _common_leading_dim(x: Any, y: Any, name: str = "examples") -> int:
+    leading = {leaf.shape[0] for leaf in tree_util.tree_leaves((x, y))}
+    if len(leading) == 1:
+        return leading.pop()
     dims = {}
     for part, tree in (("x", x), ("y", y)):
         for path, leaf in tree_util.tree_flatten_with_path(tree)[0]:

@@ -8,6 +8,8 @@ output's last axis; float labels are accepted when they hold whole numbers
 (Keras casts them to integers), and refused otherwise.
 """
 
+import weakref
+
 import jax
 import keras
 import numpy as np
@@ -32,6 +34,19 @@ def _client_of_row(data, row: int) -> str:
     return f"row {row} of the population (a client outside this cohort)"
 
 
+# model -> its outputs' shapes: tracing the model costs ~10 ms, and a list cohort
+# is a new source (checked again) every round.
+_OUTPUT_SHAPES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _output_shapes(model):
+    if model not in _OUTPUT_SHAPES:
+        _OUTPUT_SHAPES[model] = jax.eval_shape(
+            lambda w: model.apply(w, model._dummy_x), model.initial_weights
+        )
+    return _OUTPUT_SHAPES[model]
+
+
 def check_labels(model, data) -> None:
     """Raises `LabelRangeError` when a sparse label is outside ``[0, classes)``.
 
@@ -44,7 +59,7 @@ def check_labels(model, data) -> None:
     if not sparse:
         return
     source, _ = data.source_rows
-    outputs = jax.eval_shape(lambda w: model.apply(w, model._dummy_x), model.initial_weights)
+    outputs = _output_shapes(model)
     predictions = model._outputs.split_predictions(outputs)
     labels = model._outputs.split_labels(source["y"])
     for index in sparse:
