@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from aggregator_helpers import contributions, run_round, spec_of
+from compile_counter import CompileCounter
 from engine_reference import SGD, delta, local_train, make_clients, sliced_batches, wrap
 
 import fedjax_keras
@@ -146,24 +147,6 @@ def test_dp_fedavg_without_noise_is_the_clipped_sum_over_the_expected_cohort(
     assert out.metrics["dp/clipped_fraction"] == (0.0 if clip > 1 else 1.0)
 
 
-class _CompileCounter:
-    """Counts XLA backend compilations while active (as tests/test_executors.py)."""
-
-    def __init__(self):
-        self.names = []
-
-    def _listen(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.names.append(kwargs.get("fun_name", event))
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
 def test_poisson_cohorts_of_varying_size_compile_nothing_after_round_two(model):
     data = make_clients([4, 5, 6, 4, 5, 6, 4, 5, 6, 5, 4, 6, 5, 4, 6, 5], seed=3)
     cohorts = [data.sample_clients_poisson(0.4, seed=r) for r in range(5)]
@@ -176,7 +159,7 @@ def test_poisson_cohorts_of_varying_size_compile_nothing_after_round_two(model):
         batch_size=BATCH,
         chunk_size=4,
     )
-    with _CompileCounter() as compiles:
+    with CompileCounter() as compiles:
         state = process.initialize(0)
         for cohort in cohorts[:2]:
             state = process.next(state, cohort).state

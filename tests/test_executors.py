@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from compile_counter import CompileCounter
 from engine_reference import SGD, fed_avg_rounds, make_clients, wrap
 
 import fedjax_keras  # (selects the JAX backend before keras loads)
@@ -115,24 +116,6 @@ def test_result_does_not_depend_on_chunk_size_or_padding(chunked_results):
     assert len({out.metrics["padding_fraction"] for out in outputs}) > 1
 
 
-class _CompileCounter:
-    """Counts XLA backend compilations while active."""
-
-    def __init__(self):
-        self.names = []
-
-    def _listen(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.names.append(kwargs.get("fun_name", event))
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
 def _sampled_cohorts(rounds):
     data = make_clients([6, 3, 8, 5, 2, 7, 4, 6, 9, 1], seed=7)
     return [data.sample_clients(4, seed=r) for r in range(rounds)]
@@ -169,7 +152,7 @@ def test_no_recompilation_after_warmup(dense_model, cohorts, mode):
         step_buckets=[4],
         runner=mode,
     )
-    with _CompileCounter() as compiles:
+    with CompileCounter() as compiles:
         state = process.initialize(0)
         for cohort in rounds[:2]:
             state = process.next(state, cohort).state

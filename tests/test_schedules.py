@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import optimization_reference as ref
 import pytest
+from compile_counter import CompileCounter
 from engine_reference import make_clients, wrap
 
 import fedjax_keras  # noqa: F401 (selects the JAX backend before keras loads)
@@ -95,24 +96,6 @@ def test_server_schedule_steps_once_per_round(model, cohort):
         assert_trees_all_close(state.model, server, rtol=1e-5, atol=1e-6)
 
 
-class _CompileCounter:
-    """Counts XLA backend compilations while active (as in test_executors.py)."""
-
-    def __init__(self):
-        self.names = []
-
-    def _listen(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.names.append(kwargs.get("fun_name", event))
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
 @pytest.mark.parametrize("runner", ["vmap", "sequential"])
 def test_a_client_schedule_does_not_recompile(model, runner):
     """The round number is an array in the broadcast: rounds 2-5 compile nothing."""
@@ -126,7 +109,7 @@ def test_a_client_schedule_does_not_recompile(model, runner):
         step_buckets=[3],
         runner=runner,
     )
-    with _CompileCounter() as compiles:
+    with CompileCounter() as compiles:
         state = process.initialize(0)
         for round_num in range(6):
             if round_num == 2:
