@@ -90,7 +90,12 @@ def test_each_fault_ends_as_promised(driven):
             ), (where, err)
             assert f"{step['run_dir']}/checkpoints" in lines[-1] and resume in lines[-1]
             assert [line for line in lines if "error" in line] == [lines[-1]], (where, err)
-        warnings = [line for line in lines if line.startswith("fedjax-keras: warning:")]
+        # The tiny task's clients are smaller than a batch: the padding note is not a fault's.
+        warnings = [
+            line
+            for line in lines
+            if line.startswith("fedjax-keras: warning:") and "were padding" not in line
+        ]
         if after_truncate:  # the cut checkpoint is named once, then moved aside
             truncated = [s for s in driven["steps"] if "truncated_round" in s][0]
             (warning,) = warnings
