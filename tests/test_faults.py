@@ -194,6 +194,20 @@ def _numbers(bad):
     )
 
 
+def _a_list_of(kind, text) -> bool:
+    """``text`` is a comma-separated list that a list flag accepts (``0.05,0.1``)."""
+    if not isinstance(text, str) or "," not in text:
+        return False
+    try:
+        values = [kind(item) for item in text.split(",")]
+    except (ValueError, OverflowError):
+        return False
+    return all(0 <= v < float("inf") for v in values)
+
+
+_RATE_LISTS = st.sampled_from(["0.1,-1", "0.1,,0.2", "0.1,nan", "0.1,inf", "0.1,x", ","])
+
+
 def _outside(choices):
     return _TEXT.filter(lambda text: text not in choices)
 
@@ -220,8 +234,13 @@ BAD_VALUES = {
     "options": st.one_of(
         _WORD.map(lambda name: f"zz_{name}=1"), _WORD.map(lambda name: f"zz_{name}")
     ),
-    "client_lr": _numbers(lambda x: not x > 0),
-    "server_lr": _numbers(lambda x: not x > 0),
+    # A comma-separated list of rates is a sweep: no bad value may happen to be one.
+    "client_lr": st.one_of(
+        _numbers(lambda x: not x > 0).filter(lambda v: not _a_list_of(float, v)), _RATE_LISTS
+    ),
+    "server_lr": st.one_of(
+        _numbers(lambda x: not x > 0).filter(lambda v: not _a_list_of(float, v)), _RATE_LISTS
+    ),
     "mu": _numbers(lambda x: x < 0),
     "batch_size": _ints_outside(1, MAX_INT),
     "epochs": _ints_outside(1, MAX_INT),
@@ -230,6 +249,10 @@ BAD_VALUES = {
     "chunk_size": _TEXT.filter(lambda t: t not in ("auto", "none") and not t.isdigit()),
     "runner": _outside(("auto", "timed", "vmap", "unroll", "sequential")),
     "seed": _ints_outside(0, MAX_SEED),
+    "seeds": st.one_of(
+        _ints_outside(0, MAX_SEED).filter(lambda v: not _a_list_of(int, v)),
+        st.sampled_from(["0,-1", "0,,1", "0,1.5", f"0,{MAX_SEED + 1}", ",", "0,x"]),
+    ),
     "devices": _ints_outside(1, 4096),
     "aggregator": st.one_of(
         _WORD.map(lambda name: f"zz_{name}"),  # no such kind

@@ -3,8 +3,8 @@
 import numpy as np
 import optax
 import pytest
+from compile_counter import CompileCounter
 from engine_reference import make_clients, wrap
-from test_executors import _CompileCounter
 
 import fedjax_keras as fk
 from fedjax_keras.algorithms import build_fed_prox, build_weighted_fed_avg
@@ -58,10 +58,26 @@ def test_each_run_equals_a_separate_run(model, data, per_run_cohorts):
         assert int(sweep.run_state(states, k).round_num) == 3
 
 
+def test_runs_whose_cohorts_batch_to_different_widths(model, data):
+    # Clients of 2 and 1 examples batch 2 wide (under batch_size 3); clients of 6 and 8, 3 wide.
+    cohorts = [data.subset([4, 9]), data.subset([0, 2])]
+    sweep = fk.sweep(
+        lambda c, s: build_weighted_fed_avg(model, c, s, **ENGINE),
+        SEEDS[:2],
+        CLIENT_LRS[:2],
+        SERVER_LRS[:2],
+    )
+    out = sweep.next(sweep.initialize(), cohorts)
+    for k in range(2):
+        alone = _separate(model, data, k, [cohorts[k]])
+        assert_trees_all_close(sweep.run_state(out.state, k).model, alone.state.model, 1e-5, 1e-6)
+        assert out.metrics["loss"][k] == pytest.approx(alone.metrics["loss"], rel=1e-5)
+
+
 def test_a_sweep_compiles_once_whatever_the_runs(model, data):
     sweep = fk.sweep(lambda c, s: build_fed_prox(model, c, s, mu=0.1, **ENGINE), SEEDS, CLIENT_LRS)
     states = sweep.initialize()
-    with _CompileCounter() as compiles:
+    with CompileCounter() as compiles:
         for r in range(5):
             states = sweep.next(states, data.sample_clients(5, seed=r)).state
             if r == 1:

@@ -201,7 +201,7 @@ class Sweep:
         )
         for index in range(first.plan.num_chunks):
             parts = [self.process._chunk(p, index, row_steps) for p in prepared]
-            chunk = _stack([c for c, _ in parts])
+            chunk = _stack(_one_batch_width([c for c, _ in parts]))
             steps = np.array([self._executor._num_steps(host) for _, host in parts], np.int32)
             carry = self._run_chunk(carry, inputs, chunk, steps)
         new_states, metrics, _, reports = self._finish(stacked_states, carry, inputs.seed_and_round)
@@ -226,6 +226,25 @@ class Sweep:
             metrics[name] = np.stack(metrics[name])
         metrics["padding_fraction"] = np.array([p.plan.padding_fraction for p in prepared])
         return SweepOutput(_stack(per_run), metrics)
+
+
+def _one_batch_width(chunks):
+    """The runs' chunks with their batch axes padded (masked) to the widest.
+
+    Each run's plan caps its batch axis at its own cohort's largest client when
+    every client is smaller than ``batch_size`` (data/_batching.py), so runs
+    with their own cohorts may differ there; masked slots change nothing.
+    """
+    width = max(chunk.data.mask.shape[-1] for chunk in chunks)
+
+    def pad(array):
+        extra = [(0, 0)] * (array.ndim - 1) + [(0, width - array.shape[-1])]
+        return np.pad(array, extra)
+
+    return [
+        chunk._replace(data=chunk.data._replace(mask=pad(chunk.data.mask)), rows=pad(chunk.rows))
+        for chunk in chunks
+    ]
 
 
 def _with_learning_rate(optimizer_state, learning_rate):

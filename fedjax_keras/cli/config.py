@@ -50,8 +50,9 @@ class Config:
     # Model and algorithm.
     model: str | None = None
     algorithm: str = "fedavg"
-    client_lr: float | None = None
-    server_lr: float | None = None
+    # A comma-separated list of two or more rates (a tuple here) makes a sweep.
+    client_lr: float | tuple[float, ...] | None = None
+    server_lr: float | tuple[float, ...] | None = None
     mu: float = 0.01
     options: str | None = None
     aggregator: str | None = None
@@ -67,6 +68,7 @@ class Config:
     straggler_rate: float = 0.0
     straggler_work: float = 0.5
     seed: int = 0
+    seeds: tuple[int, ...] | None = None
     eval_every: int = 5
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
@@ -76,6 +78,11 @@ class Config:
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+# Settings that also take a comma-separated list (a sweep), and their items' type.
+LIST_FIELDS = {"client_lr": float, "server_lr": float, "seeds": int}
+# The algorithms a sweep can run: built from a client and a server optimizer whose
+# learning rates reach the clients through the broadcast (docs/sweeps.md).
+SWEEP_ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedprox")
 # Settings that define the experiment: a resumed run may not change them.
 FIXED_ON_RESUME = tuple(
     name
@@ -96,6 +103,8 @@ FIXED_ON_RESUME = tuple(
 
 
 def _base_type(name: str) -> type:
+    if name in LIST_FIELDS:
+        return LIST_FIELDS[name]
     annotation = FIELDS[name].type
     return next(a for a in typing.get_args(annotation) or (annotation,) if a is not type(None))
 
@@ -113,6 +122,8 @@ def coerce(name: str, value, source: str):
             raise UsageError(f"{source}: {name} cannot be empty.")
         return None
     kind = _base_type(name)
+    if name in LIST_FIELDS:
+        return _coerce_list(name, value, source)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -134,6 +145,79 @@ def coerce(name: str, value, source: str):
             return str(value)
     expected = {bool: "true or false", int: "an int", float: "a number"}.get(kind, "a string")
     raise UsageError(f"{source}: {name} must be {expected}; received {value!r}.")
+
+
+def _coerce_list(name: str, value, source: str):
+    """A list field's value: ``'0.05,0.1'`` -> ``(0.05, 0.1)``; one rate stays a float.
+
+    ``seeds`` is always a tuple. A YAML list is refused, as for every setting:
+    a config file spells a list as the flag does, ``client_lr: "0.05,0.1"``.
+    """
+    kind = LIST_FIELDS[name]
+    items = value.split(",") if isinstance(value, str) else [value]
+    parsed = [_list_item(kind, item) for item in items]
+    if any(item is None for item in parsed):
+        example = "0,1,2" if kind is int else "0.05,0.1"
+        single = "" if kind is int else "a number or "
+        raise UsageError(
+            f"{source}: {name} must be {single}a comma-separated list of "
+            f"{'ints' if kind is int else 'numbers'} (e.g. {example}); received {value!r}."
+        )
+    if name == "seeds" or len(parsed) > 1:
+        return tuple(parsed)
+    return parsed[0]
+
+
+def _list_item(kind: type, item):
+    """One item of a list field as ``kind``, or None when it is not one."""
+    if isinstance(item, bool):
+        return None
+    if kind is int:
+        if isinstance(item, int):
+            return item
+        if isinstance(item, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", item):
+            return int(item)
+        return None
+    if isinstance(item, (int, float, str)):
+        try:
+            return float(item)
+        except (ValueError, OverflowError):
+            return None
+    return None
+
+
+def list_values(value) -> tuple:
+    """A list field's values as a tuple (one value: a tuple of one; None: empty)."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
+def sweep_size(config: "Config") -> int | None:
+    """The number of runs of a sweep, or None for a single run.
+
+    A sweep is asked for by ``--seeds`` or by two or more values of
+    ``--client-lr`` or ``--server-lr``. Each list holds one value (for every
+    run) or one per run, as `fedjax_keras.sweep` broadcasts them.
+
+    Raises:
+      UsageError: lists of different lengths (other than 1).
+    """
+    lists = {
+        "--" + name.replace("_", "-"): list_values(getattr(config, name))
+        for name in ("seeds", "client_lr", "server_lr")
+    }
+    if config.seeds is None and not any(len(v) > 1 for v in lists.values()):
+        return None
+    runs = max(len(v) for v in lists.values())
+    longest = next(flag for flag, v in lists.items() if len(v) == runs)
+    for flag, values in lists.items():
+        if len(values) not in (0, 1, runs):
+            raise UsageError(
+                f"{flag}: {len(values)} values, but {longest} gives {runs} runs; expected "
+                f"one value (for every run) or {runs}."
+            )
+    return runs
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -308,11 +392,17 @@ def validate(config: Config) -> None:
     if config.num_classes is not None:
         _check_int("num_classes", config.num_classes, 2, MAX_INT)
     for name in ("client_lr", "server_lr"):
-        value = getattr(config, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UsageError(
-                f"--{name.replace('_', '-')}: expected a finite number > 0; received {value!r}."
-            )
+        for value in list_values(getattr(config, name)):
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(
+                    f"--{name.replace('_', '-')}: expected a finite number > 0 (or a "
+                    f"comma-separated list of them); received {value!r}."
+                )
+    if config.seeds is not None and not config.seeds:
+        raise UsageError("--seeds: expected a comma-separated list of ints; received none.")
+    for seed in list_values(config.seeds):
+        _check_int("seeds", seed, 0, MAX_SEED)
+    _check_sweep(config)
     for name in ("mu", "alpha", "beta"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
@@ -344,6 +434,23 @@ def validate(config: Config) -> None:
         privacy_accountant(config.aggregator, config.cohort_size, max(config.num_clients, 1))
 
 
+def _check_sweep(config: Config) -> None:
+    """A sweep's lists agree in length, and its runner and algorithm can sweep."""
+    if sweep_size(config) is None:
+        return
+    if config.runner not in ("auto", "vmap"):
+        raise UsageError(
+            "--runner: a sweep (--seeds, or a list in --client-lr or --server-lr) runs its "
+            f"runs vmapped together; expected vmap or auto, received {config.runner!r}."
+        )
+    if config.algorithm not in SWEEP_ALGORITHMS:
+        raise UsageError(
+            f"--algorithm: a sweep runs {', '.join(SWEEP_ALGORITHMS)} (built from a client "
+            f"and a server optimizer); received {config.algorithm!r}. Run the others one "
+            "value at a time."
+        )
+
+
 def _check_int(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         raise UsageError(
@@ -357,5 +464,10 @@ def to_dict(config: Config) -> dict:
 
 
 def write_yaml(config: Config, path: str) -> None:
+    # Lists as the flags spell them ("0.05,0.1"), which is what a config file takes.
+    settings = {
+        name: ",".join(str(v) for v in value) if isinstance(value, tuple) else value
+        for name, value in to_dict(config).items()
+    }
     with open(path, "w") as f:
-        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+        yaml.safe_dump(settings, f, sort_keys=False)

@@ -8,7 +8,7 @@ from jax.sharding import Mesh
 from fedjax_keras import algorithms
 from fedjax_keras.cli._aggregator_spec import build_aggregator, privacy_accountant
 from fedjax_keras.cli._errors import UsageError
-from fedjax_keras.cli.config import parse_options
+from fedjax_keras.cli.config import list_values, parse_options, sweep_size
 from fedjax_keras.cli.models import resolve_model
 from fedjax_keras.cli.tasks import Task
 from fedjax_keras.data import UnreliableClients
@@ -59,6 +59,72 @@ def build_model(config, task: Task) -> Model:
 
 def build_process(config, model: Model, task: Task):
     """The training process of ``config.algorithm`` (from the algorithm registry)."""
+    entry = algorithms.get_algorithm(config.algorithm)
+    engine = _engine(config, task, entry)
+    settings = algorithms.AlgorithmSettings(
+        client_lr=config.client_lr,
+        server_lr=config.server_lr,
+        population_size=task.train.num_clients,
+        options=_algorithm_options(config, entry),
+    )
+    return entry.make(model, settings, **engine)
+
+
+# How a sweep builds each algorithm of config.SWEEP_ALGORITHMS from its two
+# injected optimizers: ``(model, client_opt, server_opt, options, engine)``.
+_SWEEP_BUILDERS = {
+    "fedavg": lambda model, c, s, options, engine: algorithms.build_weighted_fed_avg(
+        model, c, s, **engine
+    ),
+    "fedavg_unweighted": lambda model, c, s, options, engine: algorithms.build_unweighted_fed_avg(
+        model, c, s, **engine
+    ),
+    "fedprox": lambda model, c, s, options, engine: algorithms.build_fed_prox(
+        model, c, s, mu=options["mu"], **engine
+    ),
+}
+
+
+def sweep_runs(config) -> list[dict]:
+    """Each run of ``config``'s sweep: ``{'seed', 'client_lr', 'server_lr'}``, in order.
+
+    A list of one value is every run's (a missing ``--seeds`` means ``--seed``
+    for every run; a missing ``--server-lr`` the algorithm's default).
+    """
+    runs = sweep_size(config)
+    server_lr = config.server_lr
+    if server_lr is None:
+        server_lr = algorithms.get_algorithm(config.algorithm).default_server_lr
+    values = {
+        "seed": list_values(config.seeds) or (config.seed,),
+        "client_lr": list_values(config.client_lr),
+        "server_lr": list_values(server_lr),
+    }
+    return [{name: v[k % len(v)] for name, v in values.items()} for k in range(runs)]
+
+
+def build_sweep(config, model: Model, task: Task) -> algorithms.Sweep:
+    """The `fedjax_keras.sweep` of ``config``'s runs (``--seeds`` and rate lists).
+
+    Every run shares the algorithm, its options and the engine settings; runs
+    differ in their seed and learning rates (`sweep_runs`). ``config.client_lr``
+    must be set (the task's default resolved).
+    """
+    entry = algorithms.get_algorithm(config.algorithm)
+    # A sweep gathers every run's batches from one copy of the examples on the device.
+    engine = {**_engine(config, task, entry), "data_placement": "device"}
+    options = _algorithm_options(config, entry)
+    build = _SWEEP_BUILDERS[entry.name]
+    runs = sweep_runs(config)
+    return algorithms.sweep(
+        lambda client_opt, server_opt: build(model, client_opt, server_opt, options, engine),
+        seeds=[run["seed"] for run in runs],
+        client_learning_rates=[run["client_lr"] for run in runs],
+        server_learning_rates=[run["server_lr"] for run in runs],
+    )
+
+
+def _engine(config, task: Task, entry) -> dict:
     engine = {**engine_options(config), "batch_size": config.batch_size, "epochs": config.epochs}
     if config.dropout or config.straggler_rate:
         engine["unreliable_clients"] = UnreliableClients(
@@ -69,24 +135,20 @@ def build_process(config, model: Model, task: Task):
         acc = privacy_accountant(config.aggregator, config.cohort_size, task.train.num_clients)
         if acc is not None:
             engine["host_metrics"] = (acc,)
-    entry = algorithms.get_algorithm(config.algorithm)
     if entry.epochs_must_be_one and config.epochs != 1:
         raise UsageError(
             f"--epochs: {entry.name} computes one gradient per client; "
             f"expected 1, received {config.epochs}."
         )
+    return engine
+
+
+def _algorithm_options(config, entry) -> dict:
     # --mu predates --options: it sets FedProx's mu unless --options does. Only FedProx's:
     # other algorithms' options that share a flag's name (FedNova's mu, FedDyn's alpha,
     # which is not the task's Dirichlet --alpha) keep their own defaults.
     legacy = {"mu": config.mu} if entry.name == "fedprox" else {}
-    options = parse_options(config.options, {**dict(entry.options), **legacy}, config.algorithm)
-    settings = algorithms.AlgorithmSettings(
-        client_lr=config.client_lr,
-        server_lr=config.server_lr,
-        population_size=task.train.num_clients,
-        options=options,
-    )
-    return entry.make(model, settings, **engine)
+    return parse_options(config.options, {**dict(entry.options), **legacy}, config.algorithm)
 
 
 def engine_options(config) -> dict:

@@ -39,9 +39,9 @@ HELP = {
     "(default: small_cnn for images, char_lstm for text, logreg otherwise)",
     "algorithm": ", ".join(config_lib.ALGORITHMS),
     "client_lr": "client SGD learning rate (default by task: 0.2 for images with small_cnn, "
-    "0.1 for text, 0.05 otherwise)",
+    "0.1 for text, 0.05 otherwise); a list such as 0.05,0.1,0.2 runs a sweep",
     "server_lr": "server learning rate (default 1.0; fedsgd 0.1; fedadam/fedyogi 0.01; "
-    "fedadagrad 0.1)",
+    "fedadagrad 0.1); a list runs a sweep",
     "mu": "fedprox proximal strength (also --options mu=...)",
     "aggregator": "how client updates are combined: KIND[:NAME=VALUE,...][/INNER...], e.g. "
     "'dp:noise_multiplier=1.0,clip=0.5' or 'clipped:norm=1/median' (see docs/cli.md)",
@@ -58,6 +58,8 @@ HELP = {
     "chunk_size": "clients per compiled call: a positive int, auto or none (whole cohort)",
     "runner": "how a chunk runs: auto, timed, vmap, unroll or sequential",
     "seed": "seed of cohort sampling, shuffling, dropout and model initialisation",
+    "seeds": "a sweep: one run per seed, e.g. 0,1,2, trained together (instead of --seed; "
+    "see docs/cli.md)",
     "eval_every": "evaluate on the held-out data every N rounds (and after the last)",
     "checkpoint_every": "checkpoint the whole process state every N rounds (and after the last)",
     "keep_checkpoints": "keep the newest N checkpoints",
@@ -92,7 +94,12 @@ def _launch(args: dict) -> int:
             "launch: expected the command after '--', e.g. fedjax-keras launch "
             "--num-processes 2 -- simulate --task synthetic."
         )
-    _parse(rest)  # a mistake in the command is one line here, not P of them
+    flags, _, _ = _parse(rest)  # a mistake in the command is one line here, not P of them
+    if "seeds" in flags or any(isinstance(flags.get(n), tuple) for n in ("client_lr", "server_lr")):
+        raise UsageError(
+            "launch: a sweep (--seeds, or a list in --client-lr or --server-lr) runs in one "
+            "process; run it with fedjax-keras simulate."
+        )
     return distributed.launch(count, rest, port)
 
 
@@ -221,6 +228,10 @@ def simulate(config, resume: bool) -> int:
     if not distributed.is_primary():
         run = distributed.NullRun(config.run_dir)
     with StopRequest(run.path) as stop:
+        if config_lib.sweep_size(config) is not None:
+            from fedjax_keras.cli.sweep import run_sweep
+
+            return run_sweep(config, resume, run, stop)
         return _run(config, resume, run, stop)
 
 

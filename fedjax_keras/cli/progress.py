@@ -116,3 +116,44 @@ def print_summary(rows: list[dict], run_dir: str, seconds: float, title: str) ->
     console.print(
         f"{len(rows)} rounds logged in {seconds:.1f} s this run{speed}. Run directory: {run_dir}"
     )
+
+
+def print_sweep_summary(
+    runs: list[dict], run_rows: list[list[dict]], run_dir: str, seconds: float, title: str
+) -> None:
+    """A sweep's final table: one row per run (its settings, last loss, last and best accuracy).
+
+    Args:
+      runs: each run's ``{'seed', 'client_lr', 'server_lr'}``.
+      run_rows: each run's logged rows.
+    """
+    console = Console()
+    table = Table(title=title)
+    columns = ("run", "seed", "client lr", "server lr", "train loss", "eval acc", "best eval acc")
+    for column in columns:
+        table.add_column(column, justify="right")
+    last_accuracies = []
+    for k, (run, rows) in enumerate(zip(runs, run_rows)):
+        evaluated = [row["eval_accuracy"] for row in rows if row.get("eval_accuracy") is not None]
+        last = rows[-1] if rows else {}
+        if last.get("eval_accuracy") is not None:
+            last_accuracies.append(last["eval_accuracy"])
+        table.add_row(
+            f"run_{k:02d}",
+            str(run["seed"]),
+            f"{run['client_lr']:g}",
+            f"{run['server_lr']:g}",
+            _fmt(last.get("train_loss")),
+            _fmt(last.get("eval_accuracy"), 3),
+            _fmt(max(evaluated) if evaluated else None, 3),
+        )
+    console.print(table)
+    if len(last_accuracies) == len(runs) and runs:
+        mean = sum(last_accuracies) / len(runs)
+        std = (sum((a - mean) ** 2 for a in last_accuracies) / len(runs)) ** 0.5
+        console.print(f"eval acc over the runs: mean {mean:.3f}, std {std:.3f}.")
+    rounds = len(run_rows[0]) if run_rows else 0
+    console.print(
+        f"{rounds} rounds of {len(runs)} runs logged in {seconds:.1f} s this run. "
+        f"Run directory: {run_dir} (run k in run_<k>/, the plot in sweep.png)"
+    )

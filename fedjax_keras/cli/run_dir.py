@@ -9,6 +9,12 @@ Layout::
     <run_dir>/checkpoints/<round>/   orbax checkpoints of the whole process state
     <run_dir>/corrupt_checkpoints/<round>/   checkpoints ``--resume`` skipped as corrupt
 
+A sweep (``--seeds``, or lists of learning rates) writes config.yaml and the
+checkpoints (of all runs' stacked state) at the top, ``sweep.png`` (every
+run's curves, their mean and min-max band) instead of curves.png, and the
+metrics of run k in ``<run_dir>/run_<k>/`` (``run_00``, ``run_01``, ...), each
+row with the run's ``seed``, ``client_lr`` and ``server_lr``.
+
 A directory that cannot be created or written (read-only, below a regular
 file, on a full disk) is a `UsageError` naming the file and the reason.
 """
@@ -37,6 +43,8 @@ COLUMNS = (
     "examples_per_second",
     "elapsed_seconds",
 )
+# A sweep's runs also record their own settings in every row.
+SWEEP_COLUMNS = COLUMNS + ("seed", "client_lr", "server_lr")
 
 
 def free_bytes(path: str) -> int | None:
@@ -83,8 +91,9 @@ def writing(path: str, action: str = "write"):
 class RunDir:
     """Writes one run's files; `rows` holds the metrics written so far."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, columns: tuple[str, ...] = COLUMNS):
         self.path = path
+        self.columns = columns
         self.config_path = os.path.join(path, "config.yaml")
         self.jsonl_path = os.path.join(path, "metrics.jsonl")
         self.csv_path = os.path.join(path, "metrics.csv")
@@ -105,6 +114,14 @@ class RunDir:
             raise UsageError(f"--run-dir: {path!r} is a file; expected a directory.")
         with writing(path, "create"):
             os.makedirs(run.checkpoints, exist_ok=True)
+        return run
+
+    @classmethod
+    def sweep_member(cls, path: str) -> "RunDir":
+        """The folder of one run of a sweep: its metrics only (no config, no checkpoints)."""
+        run = cls(path, SWEEP_COLUMNS)
+        with writing(path, "create"):
+            os.makedirs(path, exist_ok=True)
         return run
 
     @classmethod
@@ -188,11 +205,11 @@ class RunDir:
         tmp = self.csv_path + ".tmp"
         with writing(self.csv_path):
             with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+                writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
                 writer.writeheader()
                 for row in self.rows:
                     writer.writerow(
-                        {k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS}
+                        {k: ("" if row.get(k) is None else row.get(k)) for k in self.columns}
                     )
             os.replace(tmp, self.csv_path)
 
@@ -220,11 +237,54 @@ class RunDir:
             if ax.get_legend_handles_labels()[0]:  # no rounds logged: no curve to name
                 ax.legend()
         fig.suptitle(title)
-        fig.tight_layout()
-        tmp = self.plot_path + ".tmp.png"
-        try:
-            with writing(self.plot_path):
-                fig.savefig(tmp, dpi=100)
-                os.replace(tmp, self.plot_path)
-        finally:
-            plt.close(fig)
+        _save_figure(fig, self.plot_path)
+
+
+def plot_sweep(path: str, runs: list, labels: list[str], title: str) -> None:
+    """Writes a sweep's plot: train loss and eval accuracy against rounds.
+
+    One thin line per run (``runs[k]`` its rows, ``labels[k]`` its legend),
+    their mean as a thick line and the band between their min and max.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("train_loss", "eval_accuracy")):
+        style = "o-" if metric.startswith("eval") else "-"
+        curves = []
+        for rows, label in zip(runs, labels):
+            points = {row["round"]: row[metric] for row in rows if row.get(metric) is not None}
+            if points:
+                xs, ys = list(points), list(points.values())
+                ax.plot(xs, ys, style, lw=1, ms=3, alpha=0.6, label=label)
+            curves.append(points)
+        # The mean and band over the rounds every run logged (all of them, in a sweep).
+        common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if common:
+            values = np.array([[c[r] for r in common] for c in curves])
+            ax.plot(common, values.mean(0), style, color="black", lw=2, ms=3, label="mean")
+            ax.fill_between(common, values.min(0), values.max(0), color="gray", alpha=0.25)
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"{title} (band: min to max over {len(runs)} runs)")
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    try:
+        with writing(path):
+            fig.savefig(tmp, dpi=100)
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)

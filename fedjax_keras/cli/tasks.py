@@ -43,6 +43,16 @@ def load_task(config) -> Task:
     Raises:
       UsageError: unknown task, missing or unreadable file, bad task parameters.
     """
+    return load_tasks(config, (config.seed,))[config.seed]
+
+
+def load_tasks(config, seeds) -> dict:
+    """The task of each seed of a sweep: one population, split by each seed as
+    a single run with that ``--seed`` splits it. Returns ``{seed: Task}``.
+
+    Raises:
+      UsageError: as `load_task`.
+    """
     if config.task_file:
         population, name = (
             _load_file(config.task_file, config.task_format),
@@ -52,15 +62,18 @@ def load_task(config) -> Task:
         population, name = _built_in(config), config.task
     if population.num_clients == 0 or population.num_examples == 0:
         raise UsageError(f"--task: {name!r} has no examples.")
-    try:
-        train, test = population.train_test_split(config.test_fraction, seed=config.seed)
-    except ValueError as error:
-        raise UsageError(f"--test-fraction: {error}") from None
     x, y = population.examples["x"], population.examples["y"]
     input_shape = tuple(x.shape[1:])
     num_classes = _num_classes(config, y)
     model = _default_model(x)
-    return Task(name, train, test, input_shape, num_classes, model, _DEFAULT_LR[model])
+    tasks = {}
+    for seed in seeds:
+        try:
+            train, test = population.train_test_split(config.test_fraction, seed=seed)
+        except ValueError as error:
+            raise UsageError(f"--test-fraction: {error}") from None
+        tasks[seed] = Task(name, train, test, input_shape, num_classes, model, _DEFAULT_LR[model])
+    return tasks
 
 
 def _built_in(config) -> fk_data.FederatedData:
