@@ -135,6 +135,7 @@ np.savez(sys.argv[1], *[np.asarray(leaf) for leaf in leaves])
 """
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_numbers_of_one(scaffold_vmapped, tmp_path):
     out = tmp_path / "two.npz"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.path.dirname(HERE)])}

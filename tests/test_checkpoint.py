@@ -256,6 +256,7 @@ def _rows(run_dir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path):
     killed, whole = str(tmp_path / "killed"), str(tmp_path / "whole")
     env = {**os.environ, "FEDJAX_KERAS_KILL_AFTER_ROUND": "3"}

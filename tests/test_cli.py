@@ -54,6 +54,7 @@ def _run(*args):
     )
 
 
+@pytest.mark.slow
 def test_end_to_end_subprocess_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     proc = _run(*TINY, "--rounds", "2", "--eval-every", "1", "--run-dir", str(run_dir))
@@ -140,6 +141,7 @@ def _state_leaves(state):
 
 
 # fedprox also runs in the config-file tests, fedavg in the end-to-end test.
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_each_algorithm_first_round_matches_the_documented_builder(tmp_path, algorithm):
     run_dir = tmp_path / algorithm
@@ -361,6 +363,7 @@ def test_unwritable_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_mistake_in_a_real_process_exits_nonzero_without_traceback():
     proc = _run("simulate", "--algorithm", "fedfoo")
     assert proc.returncode == 2
@@ -406,6 +409,7 @@ def test_every_flag_is_documented():
     assert not missing, f"docs/cli.md does not document {missing}"
 
 
+@pytest.mark.slow
 def test_tff_h5_emnist_task_file(tmp_path):
     h5py = pytest.importorskip("h5py")
     rng = np.random.default_rng(0)
@@ -423,6 +427,7 @@ def test_tff_h5_emnist_task_file(tmp_path):
     assert row["num_examples"] == 16 and row["eval_accuracy"] is not None  # 8 train of 10 each
 
 
+@pytest.mark.slow
 def test_shakespeare_h5_trains_the_char_lstm_with_pad_tokens_masked(tmp_path):
     import h5py
 
@@ -456,6 +461,7 @@ def test_shakespeare_h5_trains_the_char_lstm_with_pad_tokens_masked(tmp_path):
     assert np.isfinite(row["train_loss"]) and row["num_examples"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec, aggregator",
     [

@@ -61,11 +61,13 @@ def _assert_same_run(row, reference):
     assert row["num_examples"] == reference["num_examples"]
 
 
+@pytest.mark.slow
 def test_devices_flag_shards_the_clients_and_changes_no_number(tmp_path, one_process):
     _subprocess(["simulate", *TINY, "--devices", "2", "--run-dir", "run"], tmp_path)
     _assert_same_run(_last_row(tmp_path / "run"), one_process)
 
 
+@pytest.mark.slow
 def test_launch_two_processes_equals_one_and_resumes(tmp_path, one_process):
     launch = ["launch", "--num-processes", "2", "--"]
     proc = _subprocess([*launch, "simulate", *TINY, "--run-dir", "run"], tmp_path)

@@ -63,6 +63,7 @@ def _sweep_state(run_dir, round_num):
     return sweep, checkpoint.restore_state(run_dir / "checkpoints", sweep.initialize(), round_num)
 
 
+@pytest.mark.slow
 def test_each_run_equals_its_single_run(two_rounds, tmp_path, capsys):
     top = sorted(p.name for p in two_rounds.iterdir())
     assert top == ["checkpoints", "config.yaml", "run_00", "run_01", "sweep.png"]
@@ -98,6 +99,7 @@ def test_each_run_equals_its_single_run(two_rounds, tmp_path, capsys):
     assert "best eval acc" in out or "best eval" in out
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_equals_the_uninterrupted_one(two_rounds, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(two_rounds, resumed)
@@ -149,6 +151,7 @@ def test_lists_in_config_files_and_launch(tmp_path, capsys, two_rounds):
     assert "--seeds: the run in" in line and "(0, 1)" in line
 
 
+@pytest.mark.slow
 def test_server_rates_dropout_and_dp_follow_the_single_run(tmp_path):
     """A list of server rates, the default client rate, FedProx, dropout, a noised dp stage."""
     pytest.importorskip("dp_accounting")

@@ -53,6 +53,7 @@ def _entries(cache_home):
     return sorted(p.name for p in folder.glob("jit_*")) if folder.exists() else []
 
 
+@pytest.mark.slow
 def test_on_by_default_small_programs_included(tmp_path):
     cache_home = tmp_path / "cache"
     hits, misses = _simulate(tmp_path, cache_home)
@@ -65,6 +66,7 @@ def test_on_by_default_small_programs_included(tmp_path):
     assert _entries(cache_home) == entries
 
 
+@pytest.mark.slow
 def test_no_compile_cache_writes_nothing(tmp_path):
     cache_home = tmp_path / "cache"
     hits, misses = _simulate(tmp_path, cache_home, "--no-compile-cache")

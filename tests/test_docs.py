@@ -12,7 +12,15 @@ PAGES = [ROOT / "README.md"] + sorted(
 )
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+# algorithms.md trains every registered algorithm end to end (about 40 s): the slow tier.
+SLOW_PAGES = ("algorithms.md",)
+
+
+@pytest.mark.parametrize(
+    "page",
+    [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p for p in PAGES],
+    ids=lambda p: p.name,
+)
 def test_page_code_runs(page, capsys):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
     assert blocks, f"{page.name} has no python code to check"

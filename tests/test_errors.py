@@ -174,6 +174,7 @@ def test_to_keras_into_a_different_architecture_names_the_paths():
         model.to_keras(model.initial_weights, toy_models.mlp(hidden=5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy"])
 def test_non_jax_keras_backend_names_the_fix(backend):
     script = textwrap.dedent("""

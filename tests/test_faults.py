@@ -68,6 +68,7 @@ def _expected_status(faults) -> int:
     return EXPECTED_STATUS[faults[0][2]] if faults else 0
 
 
+@pytest.mark.slow
 def test_each_fault_ends_as_promised(driven):
     seed = driven["seed"]  # rerun: FEDJAX_KERAS_FAULT_SEED=<seed> pytest tests/test_faults.py
     after_truncate = False
@@ -106,6 +107,7 @@ def test_each_fault_ends_as_promised(driven):
             assert not warnings, (where, err)
 
 
+@pytest.mark.slow
 def test_every_disturbed_run_ends_bit_identical_to_the_undisturbed_one(driven):
     final = driven["final"]
     assert final["reference"]["round"] == driven["rounds"]
@@ -121,6 +123,7 @@ def test_every_disturbed_run_ends_bit_identical_to_the_undisturbed_one(driven):
     assert [{k: row[k] for k in keys} for row in rows("faults")] == expected
 
 
+@pytest.mark.slow
 def test_sigint_is_never_lost_in_jax_gc_callback(driven):
     """60 SIGINTs at random moments of a loop that spends its time in JAX's gc callback."""
     assert driven["race_stop_request"]["lost"] == 0, driven["race_stop_request"]
@@ -129,6 +132,7 @@ def test_sigint_is_never_lost_in_jax_gc_callback(driven):
         assert default["lost"] > 0, default
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_real_filesystem(driven):
     full = driven.get("full_disk")
     if full is None or full.get("skipped"):

@@ -43,6 +43,7 @@ def test_an_unmeasured_version_warns_once_naming_both(version):
     assert f"jax {version} is in use" in message
 
 
+@pytest.mark.slow
 def test_the_installed_jax_is_measured():
     """pyproject.toml pins jax to the measured range: a fresh install must not warn."""
     installed = _jax_version.installed_version("jax")

@@ -15,6 +15,9 @@ import sys
 import numpy as np
 import pytest
 
+# Every test here starts processes: the slow tier (make test-all).
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALGORITHMS = ("fedavg", "scaffold", "fedbn")
 

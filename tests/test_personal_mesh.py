@@ -11,6 +11,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+# Every test here starts processes: the slow tier (make test-all).
+pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALGORITHMS = ("ditto", "hypcluster", "agnostic")

@@ -70,6 +70,7 @@ def _probe(*args, **env_changes):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @needs_measured_jaxlib
 def test_import_adds_the_flag_and_convolutions_leave_ynnpack():
     out = _probe()
@@ -79,6 +80,7 @@ def test_import_adds_the_flag_and_convolutions_leave_ynnpack():
     assert out["warnings"] == []
 
 
+@pytest.mark.slow
 @needs_measured_jaxlib
 def test_the_users_own_xla_flags_are_kept():
     out = _probe(XLA_FLAGS="--xla_cpu_enable_fast_math=false")
@@ -86,6 +88,7 @@ def test_the_users_own_xla_flags_are_kept():
     assert out["status"] == "applied"
 
 
+@pytest.mark.slow
 @needs_measured_jaxlib
 def test_a_value_the_user_chose_is_left_alone():
     chosen = "--xla_cpu_experimental_ynn_fusion_type=invalid"
@@ -106,6 +109,7 @@ def test_a_value_the_user_chose_is_left_alone():
     assert done.stdout.strip().splitlines()[-1] == f"{chosen}|set by user"
 
 
+@pytest.mark.slow
 @needs_measured_jaxlib
 @pytest.mark.parametrize("value", ["0", "false", "off"])
 def test_opt_out(value):
@@ -115,6 +119,7 @@ def test_opt_out(value):
     assert out["ynn"]  # jax 0.10's default: convolutions go to YNNPACK
 
 
+@pytest.mark.slow
 @needs_measured_jaxlib
 def test_too_late_after_the_backend_started_says_so_once():
     out = _probe("start_backend_first")
