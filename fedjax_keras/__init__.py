@@ -18,6 +18,7 @@ from fedjax_keras import algorithms as algorithms
 from fedjax_keras import checkpoint as checkpoint
 from fedjax_keras import client as client
 from fedjax_keras import data as data
+from fedjax_keras import engine as engine
 from fedjax_keras import errors as errors
 from fedjax_keras import metrics as metrics
 from fedjax_keras import models as models
@@ -25,8 +26,8 @@ from fedjax_keras import optimizers as optimizers
 from fedjax_keras import parallel as parallel
 from fedjax_keras import privacy as privacy
 from fedjax_keras import testing as testing
-from fedjax_keras.algorithms import sweep as sweep
 from fedjax_keras.data import FederatedData as FederatedData
+from fedjax_keras.engine import sweep as sweep
 from fedjax_keras.models import BatchOutput as BatchOutput
 from fedjax_keras.models import Model as Model
 from fedjax_keras.models import ModelWeights as ModelWeights

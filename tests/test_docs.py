@@ -28,3 +28,12 @@ def test_page_code_runs(page, capsys):
     for block in blocks:
         exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - our own docs
     assert capsys.readouterr().out.strip(), f"{page.name}'s code printed nothing"
+
+
+def test_architecture_page_names_modules_that_exist():
+    """Every ``package/_module.py`` the architecture page names is a file of the package."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"\b([a-z]+/_[a-z_]+\.py)\b", text))
+    assert {"engine/_process.py", "engine/_round.py", "engine/_state.py"} <= named
+    missing = sorted(m for m in named if not (ROOT / "fedjax_keras" / m).is_file())
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"

@@ -13,7 +13,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedjax_keras.aggregation._aggregator import Aggregator, mean, sum
+from fedjax_keras.aggregation._aggregator import Aggregator, mean
+from fedjax_keras.aggregation._aggregator import sum as sum_aggregator
 from fedjax_keras.aggregation._attack import attacked
 from fedjax_keras.aggregation._clipping import clipped, zeroed
 from fedjax_keras.aggregation._compression import quantized, top_k
@@ -23,7 +24,7 @@ from fedjax_keras.aggregation._robust import krum, median, trimmed_mean
 # kind -> (builder, whether it wraps an inner aggregator)
 KINDS: dict[str, tuple[Callable[..., Aggregator], bool]] = {
     "mean": (mean, False),
-    "sum": (sum, False),
+    "sum": (sum_aggregator, False),
     "dp": (dp_aggregator, False),
     "clipped": (clipped, True),
     "zeroed": (zeroed, True),

@@ -1,17 +1,17 @@
-"""Federated algorithms with TFF's builder names, and the engine that runs them.
+"""Federated algorithms with TFF's builder names; ``fedjax_keras.engine`` runs them.
 
 FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad), FedProx,
 FedSGD, SCAFFOLD, Mime, MimeLite, FedNova, FedDyn, FedBuff, evaluation;
 personalization (Ditto, APFL, FedRep/FedPer, pFedMe, personalization
 evaluation), clustering (HypCluster, federated k-means) and fairness (AFL, q-FFL).
+The engine's names (`FederatedProcess`, `FederatedAlgorithm`, `ServerState`,
+`sweep`, ...) are re-exported here too, where they were first published.
 """
 
 from fedjax_keras.algorithms._agnostic_fed_avg import (
     build_agnostic_fed_avg as build_agnostic_fed_avg,
 )
 from fedjax_keras.algorithms._agnostic_fed_avg import project_simplex as project_simplex
-from fedjax_keras.algorithms._algorithm import Broadcast as Broadcast
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.algorithms._apfl import build_apfl as build_apfl
 from fedjax_keras.algorithms._client_distribution import (
     client_percentiles as client_percentiles,
@@ -41,13 +41,11 @@ from fedjax_keras.algorithms._mime import MimeBroadcast as MimeBroadcast
 from fedjax_keras.algorithms._mime import MimeState as MimeState
 from fedjax_keras.algorithms._mime import build_mime as build_mime
 from fedjax_keras.algorithms._mime import build_mime_lite as build_mime_lite
-from fedjax_keras.algorithms._options import EngineOptions as EngineOptions
 from fedjax_keras.algorithms._personalization_eval import (
     build_personalization_eval as build_personalization_eval,
 )
 from fedjax_keras.algorithms._personalization_eval import join_train_test as join_train_test
 from fedjax_keras.algorithms._pfedme import build_pfedme as build_pfedme
-from fedjax_keras.algorithms._process import FederatedProcess as FederatedProcess
 from fedjax_keras.algorithms._q_ffl import build_q_ffl as build_q_ffl
 from fedjax_keras.algorithms._registry import AlgorithmEntry as AlgorithmEntry
 from fedjax_keras.algorithms._registry import AlgorithmSettings as AlgorithmSettings
@@ -58,8 +56,12 @@ from fedjax_keras.algorithms._registry import unregister as unregister
 from fedjax_keras.algorithms._scaffold import build_scaffold as build_scaffold
 from fedjax_keras.algorithms._schedules import RoundBroadcast as RoundBroadcast
 from fedjax_keras.algorithms._schedules import broadcast_with_round as broadcast_with_round
-from fedjax_keras.algorithms._state import RoundOutput as RoundOutput
-from fedjax_keras.algorithms._state import ServerState as ServerState
-from fedjax_keras.algorithms._sweep import Sweep as Sweep
-from fedjax_keras.algorithms._sweep import SweepOutput as SweepOutput
-from fedjax_keras.algorithms._sweep import sweep as sweep
+from fedjax_keras.engine import Broadcast as Broadcast
+from fedjax_keras.engine import EngineOptions as EngineOptions
+from fedjax_keras.engine import FederatedAlgorithm as FederatedAlgorithm
+from fedjax_keras.engine import FederatedProcess as FederatedProcess
+from fedjax_keras.engine import RoundOutput as RoundOutput
+from fedjax_keras.engine import ServerState as ServerState
+from fedjax_keras.engine import Sweep as Sweep
+from fedjax_keras.engine import SweepOutput as SweepOutput
+from fedjax_keras.engine import sweep as sweep

@@ -36,13 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean, sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._checks import check_count, check_number
 from fedjax_keras.algorithms._fed_avg import default_server_optimizer, pseudo_gradient_step
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry, register
 from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer
 
@@ -222,7 +222,7 @@ def build_agnostic_fed_avg(
             {"domain_weights": jnp.asarray(initial), "domain_counts": jnp.ones((p,), jnp.float32)},
         ),
         server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "domains": sum()}),
+        aggregator=by_key({"delta": delta_aggregator, "domains": sum_aggregator()}),
     )
     return FederatedProcess(model, algorithm, **engine_options)
 

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean, sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._checks import check_number
 from fedjax_keras.algorithms._fed_avg import (
     WEIGHTINGS,
@@ -34,9 +34,9 @@ from fedjax_keras.algorithms._fed_avg import (
     pseudo_gradient_step,
 )
 from fedjax_keras.algorithms._metric_sums import MetricSums, finalize_sums
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry, register
 from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer
 
@@ -151,7 +151,7 @@ def build_ditto(
         client_program=ClientProgram(start, step, finish),
         server_init=lambda weights: (server_opt.init(weights.trainable), ()),
         server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "personal": sum()}),
+        aggregator=by_key({"delta": delta_aggregator, "personal": sum_aggregator()}),
         client_state_init=lambda weights: weights,
     )
     return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

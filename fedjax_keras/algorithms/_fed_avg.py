@@ -17,8 +17,6 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._schedules import client_optimizer_source
 from fedjax_keras.client import (
     ClientOutput,
@@ -28,6 +26,7 @@ from fedjax_keras.client import (
     training_step,
 )
 from fedjax_keras.client._local_update import GradCorrection
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import Optimizer, as_optimizer
 

@@ -43,14 +43,12 @@ import optax
 
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
 from fedjax_keras.algorithms._fed_avg import (
     WEIGHTINGS,
     client_weight,
     default_server_optimizer,
     pseudo_gradient_step,
 )
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry, register
 from fedjax_keras.algorithms._schedules import client_optimizer_source
 from fedjax_keras.client import (
@@ -60,6 +58,7 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import as_optimizer
 

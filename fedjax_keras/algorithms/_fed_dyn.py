@@ -28,15 +28,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean, sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._fed_avg import (
     WEIGHTINGS,
     client_weight,
     default_server_optimizer,
     pseudo_gradient_step,
 )
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry, register
 from fedjax_keras.algorithms._schedules import client_optimizer_source
 from fedjax_keras.client import (
@@ -46,6 +45,7 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer
 
@@ -163,7 +163,7 @@ def build_fed_dyn(
             FedDynState(zeros(weights)),
         ),
         server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "sum": sum()}),
+        aggregator=by_key({"delta": delta_aggregator, "sum": sum_aggregator()}),
         broadcast=broadcast_fn,
         client_state_init=zeros,
     )

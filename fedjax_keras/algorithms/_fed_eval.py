@@ -7,14 +7,13 @@ clients, and the sum is finalized once.
 
 import jax.numpy as jnp
 
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
 from fedjax_keras.algorithms._client_distribution import (
     PERCENTILES,
     add_host_metric,
     client_percentiles,
 )
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.client import ClientOutput, ClientProgram
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
 
 

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_keras.aggregation import Aggregator, check_aggregator, sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm
+from fedjax_keras.aggregation import Aggregator, check_aggregator
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._checks import check_count
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.client import ClientOutput, ClientProgram
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess
 from fedjax_keras.models import ModelWeights
 from fedjax_keras.models._centroids import CENTROIDS_PATH, centroid_model
 
@@ -79,7 +79,7 @@ def build_fed_kmeans(
                 f"received {initial.shape}."
             )
     model = centroid_model(initial)
-    point_sums = check_aggregator(sum() if aggregator is None else aggregator)
+    point_sums = check_aggregator(sum_aggregator() if aggregator is None else aggregator)
 
     def start(broadcast, client_state):
         zero = jnp.zeros((), jnp.float32)

@@ -26,7 +26,7 @@ import optax
 
 from fedjax_keras.aggregation import Aggregator
 from fedjax_keras.algorithms._fed_avg import fed_avg_algorithm
-from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.engine import FederatedProcess
 from fedjax_keras.models import Model
 
 KINDS = ("adam", "yogi", "adagrad")

@@ -9,7 +9,7 @@ import jax
 
 from fedjax_keras.aggregation import Aggregator
 from fedjax_keras.algorithms._fed_avg import default_server_optimizer, fed_avg_algorithm
-from fedjax_keras.algorithms._process import FederatedProcess
+from fedjax_keras.engine import FederatedProcess
 from fedjax_keras.models import Model
 
 

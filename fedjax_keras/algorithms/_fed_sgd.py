@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_keras.aggregation import Aggregator, check_aggregator, mean
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
 from fedjax_keras.algorithms._fed_avg import WEIGHTINGS, client_weight, pseudo_gradient_step
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.client import ClientOutput, ClientProgram
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer
 

@@ -43,11 +43,10 @@ import numpy as np
 import optax
 
 from fedjax_keras._tree import tree_where
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean, sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._checks import check_count, check_number
 from fedjax_keras.algorithms._fed_avg import default_server_optimizer
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry, register
 from fedjax_keras.client import (
     ClientOutput,
@@ -56,6 +55,7 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import as_optimizer
 
@@ -283,7 +283,7 @@ def build_hyp_cluster(
         client_program=ClientProgram(start, step, finish),
         server_init=server_init,
         server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "counts": sum()}),
+        aggregator=by_key({"delta": delta_aggregator, "counts": sum_aggregator()}),
     )
     return FederatedProcess(model, algorithm, **engine_options)
 

@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_keras.aggregation import sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._checks import check_count
 from fedjax_keras.algorithms._client_distribution import (
     PERCENTILES,
@@ -39,9 +38,9 @@ from fedjax_keras.algorithms._client_distribution import (
     client_percentiles,
 )
 from fedjax_keras.algorithms._metric_sums import add_batch, empty_sums, finalize_sums
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
 from fedjax_keras.data import FederatedData
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model, split_example_fields, with_example_fields
 from fedjax_keras.optimizers import as_optimizer
 
@@ -223,7 +222,7 @@ def build_personalization_eval(
         client_program=ClientProgram(start, step, finish),
         server_init=lambda weights: ((), ()),
         server_update=server_update,
-        aggregator=sum(),
+        aggregator=sum_aggregator(),
     )
     options = add_host_metric(
         {**engine_options, "shuffle": False}, client_percentiles(percentiles=percentiles)

@@ -28,7 +28,6 @@ import optax
 
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator, check_aggregator, mean
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
 from fedjax_keras.algorithms._checks import check_count, check_number
 from fedjax_keras.algorithms._fed_avg import (
     WEIGHTINGS,
@@ -37,9 +36,9 @@ from fedjax_keras.algorithms._fed_avg import (
     pseudo_gradient_step,
 )
 from fedjax_keras.algorithms._metric_sums import add_output, empty_sums
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry, register
 from fedjax_keras.client import ClientOutput, ClientProgram
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import as_optimizer
 

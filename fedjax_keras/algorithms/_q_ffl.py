@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, safe_divide, sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, safe_divide
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._checks import check_number
 from fedjax_keras.algorithms._fed_avg import default_server_optimizer, pseudo_gradient_step
 from fedjax_keras.algorithms._metric_sums import add_batch, empty_sums
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.algorithms._registry import AlgorithmEntry, register
 from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer, from_optax
 
@@ -81,7 +81,7 @@ def build_q_ffl(
         if lipschitz is None
         else check_number(lipschitz, "lipschitz", minimum=0.0, strict=True)
     )
-    delta_aggregator = check_aggregator(sum() if aggregator is None else aggregator)
+    delta_aggregator = check_aggregator(sum_aggregator() if aggregator is None else aggregator)
     template = model.initial_weights.trainable
     server_opt = as_optimizer(
         default_server_optimizer(server_optimizer), template, argument="server_optimizer"
@@ -129,7 +129,7 @@ def build_q_ffl(
         client_program=ClientProgram(start, step, finish),
         server_init=lambda weights: (server_opt.init(weights.trainable), ()),
         server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "h": sum()}),
+        aggregator=by_key({"delta": delta_aggregator, "h": sum_aggregator()}),
     )
     return FederatedProcess(model, algorithm, **engine_options)
 

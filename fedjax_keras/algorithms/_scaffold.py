@@ -13,15 +13,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean, sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, check_choice, require_model
+from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._fed_avg import (
     WEIGHTINGS,
     client_weight,
     default_server_optimizer,
     pseudo_gradient_step,
 )
-from fedjax_keras.algorithms._process import FederatedProcess
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
@@ -29,6 +28,7 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer, from_optax
 
@@ -120,7 +120,7 @@ def build_scaffold(
         client_program=ClientProgram(start, step, finish),
         server_init=lambda weights: (server_opt.init(weights.trainable), zeros(weights)),
         server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "control": sum()}),
+        aggregator=by_key({"delta": delta_aggregator, "control": sum_aggregator()}),
         client_state_init=zeros,
     )
     return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

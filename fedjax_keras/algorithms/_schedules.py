@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.algorithms._algorithm import default_broadcast
+from fedjax_keras.engine import default_broadcast
 from fedjax_keras.models import ModelWeights
 from fedjax_keras.optimizers import Optimizer, as_optimizer, from_optax
 

@@ -18,10 +18,10 @@ import sys
 import time
 import warnings
 
+from fedjax_keras.cli import checkpoints, distributed
 from fedjax_keras.cli import config as config_lib
-from fedjax_keras.cli import distributed
 from fedjax_keras.cli._errors import UsageError
-from fedjax_keras.cli.interrupt import StopRequest, resume_command
+from fedjax_keras.cli.interrupt import StopRequest
 
 HELP = {
     "task": "built-in task: emnist_like, cifar_like or synthetic (LEAF Synthetic(alpha, beta))",
@@ -68,10 +68,6 @@ HELP = {
     "compile_cache": "keep compiled programs on disk for later runs "
     "(in $XDG_CACHE_HOME/fedjax_keras, see docs/performance.md)",
 }
-# Test hook: once this round is logged (and checkpointed, when due) the process
-# kills itself with SIGKILL, as a preempted job would be; tests/test_checkpoint.py
-# uses it to check that --resume repeats the uninterrupted run bit for bit.
-KILL_AFTER_ROUND_ENV = "FEDJAX_KERAS_KILL_AFTER_ROUND"
 
 
 class _Launch(Exception):
@@ -267,13 +263,13 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
     state = process.initialize(config.seed)
     start = 0
     if resume:
-        state, start = _restore(run, state)
+        state, start = checkpoints.restore(run, state)
     run.load_rows(start)
     if resume and distributed.is_primary():
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
     if stop.requested:
-        return _interrupted(run, f"before round {start + 1}")
-    kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
+        return checkpoints.interrupted(run, f"before round {start + 1}")
+    kill_after = os.environ.get(checkpoints.KILL_AFTER_ROUND_ENV)
     title = f"{config.algorithm} on {task.name}, model {config.model or task.default_model}"
     began = time.perf_counter()
     elapsed_before = run.rows[-1]["elapsed_seconds"] if run.rows else 0.0
@@ -320,15 +316,15 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
             stopping = distributed.any_process(stop.requested)
             # On Ctrl-C, checkpoint the round just finished, so --resume loses nothing.
             if done % config.checkpoint_every == 0 or done == config.rounds or stopping:
-                _save(run, state, done, config.keep_checkpoints)
+                checkpoints.save(run, state, done, config.keep_checkpoints)
             if kill_after is not None and done == int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)
             if stopping:
                 progress.stop()
-                return _interrupted(run, f"after round {done} (checkpoint saved)")
+                return checkpoints.interrupted(run, f"after round {done} (checkpoint saved)")
     except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
         progress.stop()
-        return _interrupted(run, "")
+        return checkpoints.interrupted(run, "")
     finally:
         progress.stop()
     if not distributed.is_primary():
@@ -336,71 +332,10 @@ def _run(config, resume: bool, run, stop: StopRequest) -> int:
     run.plot(title)
     print_summary(run.rows, run.path, time.perf_counter() - began, title)
     if stop.requested:  # Ctrl-C during the plot or the summary: the rounds are all done
-        return _interrupted(run, f"after the last round ({config.rounds}, checkpoint saved)")
-    return 0
-
-
-def _restore(run, template):
-    """The newest checkpoint of ``run`` that restores, and its round; (template, 0) if none.
-
-    Corrupt newer checkpoints are skipped (each with a one-line warning) and
-    moved to ``<run>/corrupt_checkpoints/``, so the resumed run can write those
-    rounds again.
-    """
-    from fedjax_keras import checkpoint
-
-    if not distributed.is_primary():
-        # Process 0 reads the checkpoint; everyone receives its state and round.
-        state, start = distributed.broadcast_from_primary((template, 0))
-        return state, int(start)
-    if checkpoint.latest_round(run.checkpoints) is None:
-        state, start = distributed.broadcast_from_primary((template, 0))
-        return state, int(start)
-    try:
-        state, start = checkpoint.restore_newest(run.checkpoints, template)
-    except checkpoint.CheckpointMismatchError as error:
-        raise UsageError(f"--resume: {error}") from None
-    except checkpoint.CorruptCheckpointError as error:
-        raise UsageError(
-            f"--resume: {error} Move {run.checkpoints} away to start the run over."
-        ) from None
-    moved = run.set_aside_checkpoints_after(start)
-    if moved:
-        print(
-            f"fedjax-keras: note: moved the skipped checkpoints to {moved}.",
-            file=sys.stderr,
+        return checkpoints.interrupted(
+            run, f"after the last round ({config.rounds}, checkpoint saved)"
         )
-    state, start = distributed.broadcast_from_primary((state, start))
-    return state, int(start)
-
-
-def _save(run, state, done: int, keep: int) -> None:
-    from fedjax_keras import checkpoint
-    from fedjax_keras.cli.run_dir import format_bytes
-
-    if not distributed.is_primary():
-        return  # process 0 writes the (replicated) state for everyone
-    try:
-        checkpoint.save_state(run.checkpoints, state, done, max_to_keep=keep)
-    except checkpoint.CheckpointDiskFullError as error:
-        kept = checkpoint.latest_round(run.checkpoints)
-        intact = f"the checkpoint of round {kept} is intact" if kept else "no checkpoint is kept"
-        raise UsageError(
-            f"--run-dir: no space left for the checkpoint of round {done} in {error.directory}: "
-            f"it needs about {format_bytes(error.needed_bytes)} free, "
-            f"{format_bytes(error.free_bytes)} are free; {intact}. Free some space, then "
-            f"continue with: {resume_command(run.path)}"
-        ) from None
-
-
-def _interrupted(run, when: str) -> int:
-    print(
-        f"fedjax-keras: interrupted{' ' + when if when else ''}; continue with: "
-        f"{resume_command(run.path)}",
-        file=sys.stderr,
-        flush=True,
-    )
-    return 130
+    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_keras.cli import checkpoints
 from fedjax_keras.cli._errors import UsageError
 from fedjax_keras.cli.config import list_values
 from fedjax_keras.cli.interrupt import StopRequest
@@ -35,7 +36,6 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
         eval_population,
         sweep_runs,
     )
-    from fedjax_keras.cli.main import KILL_AFTER_ROUND_ENV, _interrupted, _restore, _save
     from fedjax_keras.cli.progress import RoundProgress, print_sweep_summary
     from fedjax_keras.cli.run_dir import RunDir, plot_sweep
     from fedjax_keras.cli.tasks import load_tasks
@@ -82,14 +82,14 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
     )
     start = 0
     if resume:
-        states, start = _restore(run, states)
+        states, start = checkpoints.restore(run, states)
     for member in members:
         member.load_rows(start)
     if resume:
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
     if stop.requested:
-        return _interrupted(run, f"before round {start + 1}")
-    kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
+        return checkpoints.interrupted(run, f"before round {start + 1}")
+    kill_after = os.environ.get(checkpoints.KILL_AFTER_ROUND_ENV)
     title = (
         f"{config.algorithm} on {task.name}, model {config.model or task.default_model}, "
         f"{len(runs)} runs"
@@ -134,15 +134,15 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
                 rows.append(row)
             progress.update(_mean_row(rows))
             if done % config.checkpoint_every == 0 or done == config.rounds or stop.requested:
-                _save(run, states, done, config.keep_checkpoints)
+                checkpoints.save(run, states, done, config.keep_checkpoints)
             if kill_after is not None and done == int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)
             if stop.requested:
                 progress.stop()
-                return _interrupted(run, f"after round {done} (checkpoint saved)")
+                return checkpoints.interrupted(run, f"after round {done} (checkpoint saved)")
     except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
         progress.stop()
-        return _interrupted(run, "")
+        return checkpoints.interrupted(run, "")
     finally:
         progress.stop()
     labels = [
@@ -154,7 +154,9 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
         runs, [m.rows for m in members], run.path, time.perf_counter() - began, title
     )
     if stop.requested:  # Ctrl-C during the plot or the summary: the rounds are all done
-        return _interrupted(run, f"after the last round ({config.rounds}, checkpoint saved)")
+        return checkpoints.interrupted(
+            run, f"after the last round ({config.rounds}, checkpoint saved)"
+        )
     return 0
 
 

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Contributions, masked_sum
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm
 from fedjax_keras.client import ClientOutput
+from fedjax_keras.engine._algorithm import FederatedAlgorithm
 from fedjax_keras.models import Model
 from fedjax_keras.parallel import ChunkInfo, ChunkProgram
 

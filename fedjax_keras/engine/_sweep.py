@@ -26,13 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedjax_keras.algorithms._process import (
+from fedjax_keras.client import with_hyperparams
+from fedjax_keras.engine._process import (
     FederatedProcess,
     _client_reports,
     _to_host_metrics,
 )
-from fedjax_keras.algorithms._state import ServerState
-from fedjax_keras.client import with_hyperparams
+from fedjax_keras.engine._state import ServerState
 from fedjax_keras.parallel import RoundInputs, Vmap
 
 

@@ -11,7 +11,7 @@ One round of a `FederatedProcess`:
    (aggregator, metric sums, client table) happen inside compiled programs,
    sharded over the mesh's devices;
 3. one compiled program finalizes the aggregate and applies the algorithm's
-   server update, guarded (`fedjax_keras.algorithms._round`).
+   server update, guarded (`fedjax_keras.engine._round`).
 
 Every compiled program is cached per chunk shape, so a run compiles a
 handful of programs in its first rounds and none after. The process never
@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_keras.algorithms._algorithm import FederatedAlgorithm, require_model
-from fedjax_keras.algorithms._options import EngineOptions
-from fedjax_keras.algorithms._round import finish_round, make_chunk_program, start_carry
-from fedjax_keras.algorithms._state import RoundOutput, ServerState
 from fedjax_keras.client import ClientBatchArrays, ClientTable, round_key
 from fedjax_keras.data import FederatedData, padding_warning, plan_cohort
 from fedjax_keras.data._unreliable import completed_steps
+from fedjax_keras.engine._algorithm import FederatedAlgorithm, require_model
+from fedjax_keras.engine._options import EngineOptions
+from fedjax_keras.engine._round import finish_round, make_chunk_program, start_carry
+from fedjax_keras.engine._state import RoundOutput, ServerState
 from fedjax_keras.errors import NonFiniteServerUpdateError, PaddingWarning, StateMismatchError
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.parallel import Chunk, ChunkInfo, HostChunk, Placement, RoundInputs

@@ -1,0 +1,78 @@
+"""Checkpoints and interrupts of a CLI run: restore the newest good one, save, stop.
+
+Shared by the single-run loop (cli/main.py) and the sweep loop (cli/sweep.py).
+"""
+
+import sys
+
+from fedjax_keras.cli import distributed
+from fedjax_keras.cli._errors import UsageError
+from fedjax_keras.cli.interrupt import resume_command
+
+# Test hook: once this round is logged (and checkpointed, when due) the process
+# kills itself with SIGKILL, as a preempted job would be; tests/test_checkpoint.py
+# uses it to check that --resume repeats the uninterrupted run bit for bit.
+KILL_AFTER_ROUND_ENV = "FEDJAX_KERAS_KILL_AFTER_ROUND"
+
+
+def restore(run, template):
+    """The newest checkpoint of ``run`` that restores, and its round; (template, 0) if none.
+
+    Corrupt newer checkpoints are skipped (each with a one-line warning) and
+    moved to ``<run>/corrupt_checkpoints/``, so the resumed run can write those
+    rounds again.
+    """
+    from fedjax_keras import checkpoint
+
+    if not distributed.is_primary():
+        # Process 0 reads the checkpoint; everyone receives its state and round.
+        state, start = distributed.broadcast_from_primary((template, 0))
+        return state, int(start)
+    if checkpoint.latest_round(run.checkpoints) is None:
+        state, start = distributed.broadcast_from_primary((template, 0))
+        return state, int(start)
+    try:
+        state, start = checkpoint.restore_newest(run.checkpoints, template)
+    except checkpoint.CheckpointMismatchError as error:
+        raise UsageError(f"--resume: {error}") from None
+    except checkpoint.CorruptCheckpointError as error:
+        raise UsageError(
+            f"--resume: {error} Move {run.checkpoints} away to start the run over."
+        ) from None
+    moved = run.set_aside_checkpoints_after(start)
+    if moved:
+        print(
+            f"fedjax-keras: note: moved the skipped checkpoints to {moved}.",
+            file=sys.stderr,
+        )
+    state, start = distributed.broadcast_from_primary((state, start))
+    return state, int(start)
+
+
+def save(run, state, done: int, keep: int) -> None:
+    from fedjax_keras import checkpoint
+    from fedjax_keras.cli.run_dir import format_bytes
+
+    if not distributed.is_primary():
+        return  # process 0 writes the (replicated) state for everyone
+    try:
+        checkpoint.save_state(run.checkpoints, state, done, max_to_keep=keep)
+    except checkpoint.CheckpointDiskFullError as error:
+        kept = checkpoint.latest_round(run.checkpoints)
+        intact = f"the checkpoint of round {kept} is intact" if kept else "no checkpoint is kept"
+        raise UsageError(
+            f"--run-dir: no space left for the checkpoint of round {done} in {error.directory}: "
+            f"it needs about {format_bytes(error.needed_bytes)} free, "
+            f"{format_bytes(error.free_bytes)} are free; {intact}. Free some space, then "
+            f"continue with: {resume_command(run.path)}"
+        ) from None
+
+
+def interrupted(run, when: str) -> int:
+    print(
+        f"fedjax-keras: interrupted{' ' + when if when else ''}; continue with: "
+        f"{resume_command(run.path)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 130
