@@ -58,7 +58,7 @@ MUTATIONS = (
     ),
     Mutation(
         "non-finite clients kept",
-        "fedjax_keras/algorithms/_round.py",
+        "fedjax_keras/engine/_round.py",
         "finite &= jnp.all(jnp.isfinite(leaf.reshape(num_clients, -1)), axis=1)",
         "finite &= True",
         ("tests/test_algorithms.py", "tests/test_process.py"),
@@ -72,7 +72,7 @@ MUTATIONS = (
     ),
     Mutation(
         "a dropped client's persistent state is written",
-        "fedjax_keras/algorithms/_round.py",
+        "fedjax_keras/engine/_round.py",
         "info.write & keep",
         "info.write",
         ("tests/test_executors.py",),
