@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import fedjax_keras as fk
-from fedjax_keras.algorithms import _process
+from fedjax_keras.engine import _process
 from fedjax_keras.data import plan_cohort
 
 

@@ -378,7 +378,7 @@ def test_capped_batches_train_exactly_like_uncapped(monkeypatch, runner):
     import optax
 
     import fedjax_keras as fk
-    from fedjax_keras.algorithms import _process
+    from fedjax_keras.engine import _process
 
     data = make_clients_for_training([9, 3, 6, 1, 8, 4])
     net = fk.testing.toy_models.mlp(seed=5)
