@@ -7,7 +7,8 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 # Two pytest workers: XLA compilation, most of the suite's time, is one thread per program.
 WORKERS ?= 2
-PYTEST := $(VENV)/bin/python -m pytest -q -n $(WORKERS)
+# ARGS passes more options to pytest, e.g. make test ARGS="--durations=25".
+PYTEST := $(VENV)/bin/python -m pytest -q -n $(WORKERS) $(ARGS)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

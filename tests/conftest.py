@@ -6,16 +6,44 @@ fedjax_keras (which would otherwise pick JAX), so choose it here.
 
 import os
 
+import jax
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-# The CLI turns on JAX's persistent compilation cache for its whole process; the
-# tests run it in-process, and a program loaded from disk is not compiled, which
-# the compile-counting tests would see. tests/test_compile_cache.py tests the cache.
+# The CLI turns on JAX's persistent compilation cache in ~/.cache for its whole
+# process; the tests run it in-process and must not write there (the session's
+# own cache below is in a temporary folder). tests/test_compile_cache.py tests it.
 os.environ.setdefault("FEDJAX_KERAS_COMPILE_CACHE", "0")
 
 
 _SLOW_LEFT_OUT = pytest.StashKey[int]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache_shared_by_the_run(tmp_path_factory):
+    """Turns on JAX's persistent compilation cache in this run's temporary folder.
+
+    Many tests build the same toy model and algorithm, and each new process
+    object compiles its programs afresh; with the cache, a program with the same
+    HLO is compiled once per run and loaded from disk afterwards, also by the
+    other pytest-xdist worker. The folder is new for every run, so nothing
+    carries over between runs. `compile_counter.CompileCounter` switches the
+    cache off while it counts: a program loaded from disk is not compiled.
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # gw0/gw1 share their parent folder
+        base = base.parent
+    folder = base / "jax_compilation_cache"
+    folder.mkdir(exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    compilation_cache.reset_cache()  # a computation before now may have settled "no cache"
+    yield
+    compilation_cache.reset_cache()
 
 
 def _leaves_out_slow(config) -> bool:
