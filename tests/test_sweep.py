@@ -26,8 +26,14 @@ def data():
     return make_clients([6, 3, 8, 5, 2, 7, 4, 6, 9, 1], seed=92)
 
 
+def _sgd(learning_rate):
+    # The rate as optimizer state, not a constant of the program: the separate runs
+    # of every k compile one set of programs (loaded from the run's compilation cache).
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+
+
 def _separate(model, data, k, cohorts, build=build_weighted_fed_avg, **kwargs):
-    process = build(model, optax.sgd(CLIENT_LRS[k]), optax.sgd(SERVER_LRS[k]), **ENGINE, **kwargs)
+    process = build(model, _sgd(CLIENT_LRS[k]), _sgd(SERVER_LRS[k]), **ENGINE, **kwargs)
     state = process.initialize(SEEDS[k])
     for cohort in cohorts:
         out = process.next(state, cohort)
