@@ -301,10 +301,10 @@ def test_bad_cohorts_raise():
 
 
 def test_geometric_buckets_are_powers_of_two_and_three_quarters_of_them():
-    from fedjax_keras.data._batching import _round_steps
+    from fedjax_keras.data import bucket
 
     needed = np.arange(1, 200)
-    rounded = _round_steps(needed, "geometric")
+    rounded = bucket(needed, "geometric")
     allowed = sorted({2**k for k in range(9)} | {3 * 2**k for k in range(8)})
     # Each count goes to the smallest allowed value that holds it (hand reference).
     expected = [min(a for a in allowed if a >= n) for n in needed]

@@ -4,6 +4,7 @@ from ._batching import ChunkRows as ChunkRows
 from ._batching import ClientBatches as ClientBatches
 from ._batching import CohortPlan as CohortPlan
 from ._batching import plan_cohort as plan_cohort
+from ._buckets import bucket as bucket
 from ._federated_data import FederatedData as FederatedData
 from ._loaders import SHAKESPEARE_CHAR_VOCAB as SHAKESPEARE_CHAR_VOCAB
 from ._loaders import SHAKESPEARE_VOCAB_SIZE as SHAKESPEARE_VOCAB_SIZE
@@ -25,3 +26,4 @@ from ._synthetic import cifar_like as cifar_like
 from ._synthetic import emnist_like as emnist_like
 from ._synthetic import synthetic_leaf as synthetic_leaf
 from ._unreliable import UnreliableClients as UnreliableClients
+from ._unreliable import completed_steps as completed_steps

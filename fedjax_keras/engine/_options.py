@@ -8,10 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from fedjax_keras.data import UnreliableClients
-from fedjax_keras.data._batching import _round_steps
-from fedjax_keras.parallel import Stepwise, Vmap
-from fedjax_keras.parallel._mesh import check_mesh
+from fedjax_keras.data import UnreliableClients, bucket
+from fedjax_keras.parallel import Stepwise, Vmap, check_mesh
 
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
 DATA_PLACEMENTS = ("auto", "device", "host")
@@ -98,7 +96,7 @@ class EngineOptions:
                     f"{self.chunk_size!r}."
                 )
         try:
-            _round_steps(np.array([1]), self.step_buckets)
+            bucket(np.array([1]), self.step_buckets)
         except (ValueError, TypeError) as e:
             raise ValueError(str(e)) from e
         if not isinstance(self.runner, (Vmap, Stepwise)) and self.runner not in RUNNERS:

@@ -29,16 +29,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_keras.client import ClientBatchArrays, ClientTable, round_key
-from fedjax_keras.data import FederatedData, padding_warning, plan_cohort
-from fedjax_keras.data._unreliable import completed_steps
+from fedjax_keras.data import FederatedData, completed_steps, padding_warning, plan_cohort
 from fedjax_keras.engine._algorithm import FederatedAlgorithm, require_model
 from fedjax_keras.engine._options import EngineOptions
 from fedjax_keras.engine._round import finish_round, make_chunk_program, start_carry
 from fedjax_keras.engine._state import RoundOutput, ServerState
 from fedjax_keras.errors import NonFiniteServerUpdateError, PaddingWarning, StateMismatchError
 from fedjax_keras.models import Model, ModelWeights
-from fedjax_keras.parallel import Chunk, ChunkInfo, HostChunk, Placement, RoundInputs
-from fedjax_keras.parallel._choose import agree_across_processes, choose_fastest
+from fedjax_keras.parallel import (
+    Chunk,
+    ChunkInfo,
+    HostChunk,
+    Placement,
+    RoundInputs,
+    agree_across_processes,
+    choose_fastest,
+)
 
 _NO_SLOT = np.iinfo(np.int32).max
 
