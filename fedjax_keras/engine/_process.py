@@ -181,13 +181,6 @@ class FederatedProcess:
         self._finish = self.placement.jit(self._finish_impl)
 
     # ------------------------------------------------------------- read-only views
-    def __getattr__(self, name):
-        # batch_size, epochs, chunk_size, ... read as attributes, as before 0.2.
-        options = self.__dict__.get("options")
-        if options is not None and name in EngineOptions.__dataclass_fields__:
-            return getattr(options, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     @property
     def mesh(self):
         """The `jax.sharding.Mesh` the clients are sharded over."""

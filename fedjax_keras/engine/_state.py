@@ -46,11 +46,6 @@ class ServerState:
     nonfinite_rounds: Any = np.int64(0)
     hyperparams: Any = dataclasses.field(default_factory=dict)
 
-    @property
-    def extra(self) -> Any:
-        """The algorithm's own server state (the name of releases before 0.2)."""
-        return self.algorithm_state
-
 
 class RoundOutput(NamedTuple):
     """What ``process.next`` returns (TFF's ``LearningProcessOutput``).
