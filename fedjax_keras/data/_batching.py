@@ -31,6 +31,10 @@ client has one batch per epoch and a width of B would be mostly padding
 wide as the largest client, rounded up to a power of two so that few widths
 compile (``padded_batch_size``). Every client still gets exactly the same
 batches; the losses and metrics are masked means, so training is unchanged.
+
+One job: `plan_cohort` and the `CohortPlan` it returns share one layout of
+slots (the segment arithmetic and the seeded shuffle it is built with); split,
+each half would have to restate the other's layout.
 """
 
 from __future__ import annotations
