@@ -23,8 +23,8 @@ import numpy as np
 import optax
 
 import fedjax_keras as fk
-from fedjax_keras.engine import _plan
 from fedjax_keras.data import plan_cohort
+from fedjax_keras.engine import _plan
 
 
 def clients(num_clients: int, size: int) -> fk.data.FederatedData:

@@ -21,9 +21,9 @@ This module holds what a process keeps between rounds (its options, its
 caches) and the loop over a round's chunks.
 
 Three names for one thing: ``runner=`` is the option that picks how a chunk of
-clients runs; the object that does it is an executor of
-`fedjax_keras.parallel` (`Vmap`, `Stepwise`); ``mode`` and the ``runner``
-metric are that executor's name.
+clients runs (`fedjax_keras.engine._runner`); the object that does it is an
+executor of `fedjax_keras.parallel` (`Vmap`, `Stepwise`); ``mode`` and the
+``runner`` metric are that executor's name.
 
 Every compiled program is cached per chunk shape, so a run compiles a
 handful of programs in its first rounds and none after. The process never
@@ -33,7 +33,6 @@ number.
 """
 
 import warnings
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +63,7 @@ from fedjax_keras.engine._results import (
     to_host_metrics,
 )
 from fedjax_keras.engine._round import finish_round, make_chunk_program, start_carry
+from fedjax_keras.engine._runner import RunnerChoice
 from fedjax_keras.engine._state import (
     RoundOutput,
     ServerState,
@@ -72,16 +72,13 @@ from fedjax_keras.engine._state import (
 )
 from fedjax_keras.errors import NonFiniteServerUpdateError, PaddingWarning
 from fedjax_keras.models import Model, ModelWeights
-from fedjax_keras.parallel import Placement, agree_across_processes, choose_fastest
+from fedjax_keras.parallel import Placement
 
 
 class _Caches:
     """What a process remembers between rounds; none of it changes a number."""
 
     def __init__(self):
-        self.bound: dict[str, Any] = {}
-        self.executor_name: str | None = None
-        self.timings: dict[str, float] = {}
         self.source = None  # the population's device copy, a SourceCache
         self.fitting_signatures: set = set()
         self.checked_labels: set = set()
@@ -118,7 +115,12 @@ class FederatedProcess:
         self.algorithm = algorithm
         self.options = EngineOptions(**engine_options)
         self.placement = Placement(self.options.mesh)
-        self._chunk_program = make_chunk_program(algorithm, model)
+        self._runner = RunnerChoice(
+            self.options,
+            model.has_convolutions,
+            make_chunk_program(algorithm, model),
+            self.placement,
+        )
         self._caches = _Caches()
         self._padding_warned = False
         self._start = self.placement.jit(self.start_carry, static_argnums=(2,))
@@ -133,13 +135,12 @@ class FederatedProcess:
     @property
     def mode(self) -> str | None:
         """The executor's name ('vmap', 'sequential', 'unroll'), None until decided."""
-        fixed = self._fixed_executor()
-        return fixed.name if fixed is not None else self._caches.executor_name
+        return self._runner.name
 
     @property
     def runner_timings(self) -> dict[str, float]:
         """Seconds per client-step of each measured executor (empty unless measured)."""
-        return dict(self._caches.timings)
+        return dict(self._runner.timings)
 
     @property
     def name(self) -> str:
@@ -254,30 +255,9 @@ class FederatedProcess:
         )
         return on_device
 
-    # -------------------------------------------------------------- executors
-    def _fixed_executor(self):
-        executors, measure = self.options.executor_candidates(self.model.has_convolutions)
-        return executors[0] if len(executors) == 1 and not measure else None
-
     def bound_executor(self, executor):
         """``executor`` bound to this process's chunk program and mesh, bound once."""
-        name = executor.name
-        if name not in self._caches.bound:
-            self._caches.bound[name] = executor.bind(self._chunk_program, self.placement)
-        return self._caches.bound[name]
-
-    def _executor_for(self, carry, inputs, chunk, host):
-        """The bound executor: fixed by the options, or measured once on the first chunk."""
-        fixed = self._fixed_executor()
-        if fixed is not None:
-            return self.bound_executor(fixed)
-        if self._caches.executor_name is None:
-            executors, _ = self.options.executor_candidates(self.model.has_convolutions)
-            bound = {e.name: self.bound_executor(e) for e in executors}
-            name, timings = choose_fastest(bound, carry, inputs, chunk, host)
-            self._caches.executor_name = agree_across_processes(name, list(bound))
-            self._caches.timings = timings
-        return self._caches.bound[self._caches.executor_name]
+        return self._runner.bind(executor)
 
     # ------------------------------------------------------------------ round
     def start_carry(self, agg_state, table, capacity: int):
@@ -319,7 +299,7 @@ class FederatedProcess:
         carry = self._start(state.aggregator_state, state.client_states, round_plan.capacity)
         carry = self.placement.replicated(carry)
         first = chunk_arrays(round_plan, 0, row_steps)
-        bound = self._executor_for(carry, round_plan.inputs, *first)
+        bound = self._runner.executor_for(carry, round_plan.inputs, *first)
         if round_plan.source is not None and hasattr(bound, "run_chunks"):
             # Row indices only (the examples stay on the device): small enough to
             # hand the executor the whole round at once.
