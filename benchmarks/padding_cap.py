@@ -23,8 +23,8 @@ import numpy as np
 import optax
 
 import fedjax_keras as fk
-from fedjax_keras.engine import _process
 from fedjax_keras.data import plan_cohort
+from fedjax_keras.engine import _plan
 
 
 def clients(num_clients: int, size: int) -> fk.data.FederatedData:
@@ -38,7 +38,7 @@ def clients(num_clients: int, size: int) -> fk.data.FederatedData:
 def median_round(data, cohort: int, batch_size: int, cap_batch: bool) -> tuple[float, float]:
     # The engine does not expose cap_batch (it always caps); patch its planner for
     # the uncapped baseline.
-    _process.plan_cohort = functools.partial(plan_cohort, cap_batch=cap_batch)
+    _plan.plan_cohort = functools.partial(plan_cohort, cap_batch=cap_batch)
     model = fk.from_keras_model(
         keras.Sequential([keras.Input((60,)), keras.layers.Dense(10)]),
         {"x": np.zeros((1, 60), np.float32), "y": np.zeros((1,), np.int32)},

@@ -1,14 +1,11 @@
 """fedjax_keras: fast federated-learning simulation for Keras 3 models on JAX."""
 
-# Keras fixes its backend at its first import: choose JAX before any module of
-# this package (or a user's later `import keras`) loads it, unless the user chose.
-from fedjax_keras.models._backend import select_jax_backend_if_unset as _select_backend
-
-_select_backend()
-
+# Keras fixes its backend at its first import: fedjax_keras.models chooses JAX
+# (unless the user chose) before it, or a user's later `import keras`, loads keras.
 # XLA reads XLA_FLAGS when JAX starts its first backend: tune XLA:CPU before that
 # (see _xla_tuning.py), and say once if this jax is not a measured version.
 from fedjax_keras import _jax_version, _xla_tuning
+from fedjax_keras import models as models
 
 _jax_version.check_jax_version()
 _xla_tuning.tune_xla_cpu()
@@ -21,7 +18,6 @@ from fedjax_keras import data as data
 from fedjax_keras import engine as engine
 from fedjax_keras import errors as errors
 from fedjax_keras import metrics as metrics
-from fedjax_keras import models as models
 from fedjax_keras import optimizers as optimizers
 from fedjax_keras import parallel as parallel
 from fedjax_keras import privacy as privacy

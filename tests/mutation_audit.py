@@ -65,9 +65,9 @@ MUTATIONS = (
     ),
     Mutation(
         "padded steps advance the optimizer state",
-        "fedjax_keras/client/_local_update.py",
-        "tree_where(has_examples, new_opt_state, carry.optimizer_state)",
-        "new_opt_state",
+        "fedjax_keras/models/_model.py",
+        "tree_where(has_examples, new_state, optimizer_state)",
+        "new_state",
         ("tests/test_local_update.py",),
     ),
     Mutation(

@@ -268,7 +268,7 @@ def test_scaffold_control_variates_by_hand(model, runner):
         expected = jax.tree.map(lambda *rows: np.stack(rows), *[c_i[cid] for cid in ids])
         assert_trees_all_close(stored, expected, rtol=1e-4, atol=1e-5)
     assert state.client_states.seen_positions().tolist() == [0, 1, 2]
-    assert any(np.abs(leaf).max() > 1e-3 for leaf in jax.tree.leaves(state.extra))
+    assert any(np.abs(leaf).max() > 1e-3 for leaf in jax.tree.leaves(state.algorithm_state))
 
 
 def test_scaffold_without_client_drift_is_fed_avg(model):

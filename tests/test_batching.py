@@ -301,10 +301,10 @@ def test_bad_cohorts_raise():
 
 
 def test_geometric_buckets_are_powers_of_two_and_three_quarters_of_them():
-    from fedjax_keras.data._batching import _round_steps
+    from fedjax_keras.data import bucket
 
     needed = np.arange(1, 200)
-    rounded = _round_steps(needed, "geometric")
+    rounded = bucket(needed, "geometric")
     allowed = sorted({2**k for k in range(9)} | {3 * 2**k for k in range(8)})
     # Each count goes to the smallest allowed value that holds it (hand reference).
     expected = [min(a for a in allowed if a >= n) for n in needed]
@@ -378,7 +378,7 @@ def test_capped_batches_train_exactly_like_uncapped(monkeypatch, runner):
     import optax
 
     import fedjax_keras as fk
-    from fedjax_keras.engine import _process
+    from fedjax_keras.engine import _plan
 
     data = make_clients_for_training([9, 3, 6, 1, 8, 4])
     net = fk.testing.toy_models.mlp(seed=5)
@@ -391,7 +391,7 @@ def test_capped_batches_train_exactly_like_uncapped(monkeypatch, runner):
 
     def train(cap_batch):
         monkeypatch.setattr(
-            _process, "plan_cohort", functools.partial(plan_cohort, cap_batch=cap_batch)
+            _plan, "plan_cohort", functools.partial(plan_cohort, cap_batch=cap_batch)
         )
         process = fk.algorithms.build_weighted_fed_avg(
             model, optax.sgd(0.1), batch_size=100, epochs=2, chunk_size=4, runner=runner

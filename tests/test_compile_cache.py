@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from fedjax_keras.cli import _compile_cache
+from fedjax_keras.cli.arguments import parse_command_line as _parse
 from fedjax_keras.cli.config import FIXED_ON_RESUME
-from fedjax_keras.cli.main import _parse
 
 TINY = [
     "simulate",

@@ -1,4 +1,4 @@
-"""Tests for fedjax_keras/data/_loaders.py, on small files written in tmp_path."""
+"""Tests for the loaders (data/_tff_h5.py, _leaf_json.py, _preprocess.py) on files in tmp_path."""
 
 import builtins
 import inspect
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedjax_keras.data._loaders import (
+from fedjax_keras.data import (
     SHAKESPEARE_CHAR_VOCAB,
     SHAKESPEARE_VOCAB_SIZE,
     emnist_preprocess,

@@ -251,7 +251,6 @@ def test_variable_length_inputs_the_model_accepts_are_not_rejected():
         ({"shuffle": "no"}, TypeError, "shuffle must be True or False"),
         ({"step_buckets": "log"}, ValueError, "step_buckets"),
         ({"device_data_limit": "1GB"}, TypeError, "device_data_limit"),
-        ({"client_state_placement": "gpu"}, ValueError, "client_state_placement"),
         ({"group_size": True}, ValueError, "group_size"),
     ],
 )

@@ -3,6 +3,8 @@
 Shared by the single-run loop (cli/main.py) and the sweep loop (cli/sweep.py).
 """
 
+import os
+import signal
 import sys
 
 from fedjax_keras.cli import distributed
@@ -76,3 +78,25 @@ def interrupted(run, when: str) -> int:
         flush=True,
     )
     return 130
+
+
+def after_round(
+    run, state, done: int, config, *, stopping: bool, kill_after, progress
+) -> int | None:
+    """The end of round ``done`` of a run's loop (a single run's or a sweep's).
+
+    Checkpoints the round when it is due, the last, or when stopping (so that
+    --resume loses nothing after Ctrl-C); kills the process after round
+    ``kill_after`` (`KILL_AFTER_ROUND_ENV`, the fault tests' crash).
+
+    Returns:
+      The exit status (130) when stopping, else None (the loop goes on).
+    """
+    if done % config.checkpoint_every == 0 or done == config.rounds or stopping:
+        save(run, state, done, config.keep_checkpoints)
+    if kill_after is not None and done == int(kill_after):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if stopping:
+        progress.stop()
+        return interrupted(run, f"after round {done} (checkpoint saved)")
+    return None

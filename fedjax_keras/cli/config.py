@@ -8,6 +8,10 @@ given on the command line. With ``--resume``, the run directory's saved
 A config file that names a key twice is refused (YAML would keep the last
 value silently; TOML refuses it too), and every error names the file and the
 line where the parser stopped.
+
+One job: the `Config` fields and every rule about their values (coercion of
+file and flag values, their checks, the sweep lists); a rule read apart from
+the field it constrains is a rule forgotten.
 """
 
 import dataclasses

@@ -13,11 +13,7 @@ import socket
 import subprocess
 import sys
 
-from fedjax_keras.parallel._distributed import (
-    COORDINATOR_ENV,
-    NUM_PROCESSES_ENV,
-    PROCESS_ID_ENV,
-)
+from fedjax_keras.parallel import COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV
 
 # Set to 1 to join a cluster JAX detects by itself (SLURM, TPU pods, Open MPI).
 DETECT_ENV = "FEDJAX_KERAS_DISTRIBUTED"

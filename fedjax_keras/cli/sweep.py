@@ -11,7 +11,6 @@ stacked state, so ``--resume`` continues the whole sweep.
 
 import dataclasses
 import os
-import signal
 import sys
 import time
 import warnings
@@ -133,13 +132,18 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
                 members[k].append(row)
                 rows.append(row)
             progress.update(_mean_row(rows))
-            if done % config.checkpoint_every == 0 or done == config.rounds or stop.requested:
-                checkpoints.save(run, states, done, config.keep_checkpoints)
-            if kill_after is not None and done == int(kill_after):
-                os.kill(os.getpid(), signal.SIGKILL)
-            if stop.requested:
-                progress.stop()
-                return checkpoints.interrupted(run, f"after round {done} (checkpoint saved)")
+            # stop.requested read once: a Ctrl-C between two reads would skip the checkpoint.
+            status = checkpoints.after_round(
+                run,
+                states,
+                done,
+                config,
+                stopping=stop.requested,
+                kill_after=kill_after,
+                progress=progress,
+            )
+            if status is not None:
+                return status
     except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
         progress.stop()
         return checkpoints.interrupted(run, "")

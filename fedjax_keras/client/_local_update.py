@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_keras._tree import tree_where
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import Optimizer
 
@@ -171,6 +170,10 @@ def training_step(
 ) -> Callable[..., TrainCarry]:
     """``(carry, batch, key, broadcast, client_state) -> carry``: one local SGD-style step.
 
+    The step itself is `Model.train_step` (the one implementation of a local
+    step, padded steps no-ops included); this adds the client's running loss,
+    example and step counts and metrics.
+
     Args:
       model: the wrapped model.
       optimizer: the client optimizer.
@@ -180,22 +183,27 @@ def training_step(
     def step(carry: TrainCarry, batch, key, broadcast, client_state) -> TrainCarry:
         mask = jnp.asarray(batch["mask"], jnp.float32)
         batch = {"x": batch["x"], "y": batch["y"], "mask": mask}
-        trainable, non_trainable = carry.weights
-        grad_fn = jax.value_and_grad(model.loss_and_output, has_aux=True)
-        (loss, output), grads = grad_fn(trainable, non_trainable, batch, training=True, rng=key)
+        correction = None
         if grad_correction is not None:
-            grads = grad_correction(grads, trainable, (broadcast, client_state))
-        new_trainable, new_opt_state = optimizer.update(grads, carry.optimizer_state, trainable)
+
+            def correction(grads, trainable):
+                return grad_correction(grads, trainable, (broadcast, client_state))
+
+        weights, optimizer_state, output = model.train_step(
+            carry.weights,
+            carry.optimizer_state,
+            batch,
+            rng=key,
+            optimizer=optimizer,
+            grad_correction=correction,
+        )
         has_examples = output.num_examples > 0
         # jnp.where, not a product: a padded step's loss may be NaN and must not leak in.
         return TrainCarry(
-            ModelWeights(
-                tree_where(has_examples, new_trainable, trainable),
-                tree_where(has_examples, output.non_trainable, non_trainable),
-            ),
-            tree_where(has_examples, new_opt_state, carry.optimizer_state),
+            weights,
+            optimizer_state,
             model.update_metrics(carry.metrics, batch, output.predictions, output.output_masks),
-            carry.loss_sum + jnp.where(has_examples, loss * output.num_examples, 0.0),
+            carry.loss_sum + jnp.where(has_examples, output.loss * output.num_examples, 0.0),
             carry.num_examples + output.num_examples,
             carry.num_steps + has_examples.astype(jnp.int32),
         )

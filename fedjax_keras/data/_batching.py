@@ -31,6 +31,10 @@ client has one batch per epoch and a width of B would be mostly padding
 wide as the largest client, rounded up to a power of two so that few widths
 compile (``padded_batch_size``). Every client still gets exactly the same
 batches; the losses and metrics are masked means, so training is unchanged.
+
+One job: `plan_cohort` and the `CohortPlan` it returns share one layout of
+slots (the segment arithmetic and the seeded shuffle it is built with); split,
+each half would have to restate the other's layout.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from jax import tree_util
 
+from ._buckets import bucket
 from ._federated_data import FederatedData
 
 # splitmix64 (Steele et al. 2014): the increment of its counter stream.
@@ -283,11 +288,11 @@ def plan_cohort(
     # Slots per step. Narrower than b only when every client fits in one batch,
     # so the layout below (step t of a segment at slots [t * width, (t+1) * width))
     # never splits a batch.
-    width = _padded_batch_size(b, int(sizes.max())) if cap_batch else b
+    width = min(b, bucket(max(int(sizes.max()), 1), "pow2")) if cap_batch else b
     steps = e * steps_per_epoch
     order = np.argsort(-steps, kind="stable")
     num_chunks = -(-c // k)
-    chunk_steps = _round_steps(np.maximum(steps[order[::k]], 1), step_buckets)
+    chunk_steps = bucket(np.maximum(steps[order[::k]], 1), step_buckets)
 
     per_client = np.zeros((3, num_chunks * k), np.int32)
     per_client[0] = -1
@@ -344,11 +349,6 @@ def plan_cohort(
     )
 
 
-def _padded_batch_size(batch_size: int, largest_client: int) -> int:
-    """``batch_size``, or the next power of two >= the largest client when that is smaller."""
-    return min(batch_size, 1 << max(largest_client - 1, 0).bit_length())
-
-
 def _mix64(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, in place on a uint64 array (a bijection that scrambles bits)."""
     z ^= z >> np.uint64(30)
@@ -400,46 +400,6 @@ def _shuffle_segments(
     draws.sort()
     draws &= np.uint64((1 << index_bits) - 1)
     return draws.view(np.int64)
-
-
-def _round_steps(needed: np.ndarray, step_buckets: str | Sequence[int]) -> np.ndarray:
-    """Rounds each chunk's step count (>= 1) up to an allowed one."""
-    if isinstance(step_buckets, str):
-        if step_buckets == "exact":
-            return needed.astype(np.int64)
-        if step_buckets in ("pow2", "geometric"):
-            # (n - 1).bit_length(), vectorised: frexp's exponent of n - 1 (exact for ints < 2**53).
-            pow2 = np.left_shift(1, np.frexp(needed - 1)[1]).astype(np.int64)
-            if step_buckets == "pow2":
-                return pow2
-            # "geometric" also allows 3 * 2**k, so padding is at most a third, not a half,
-            # for twice as many distinct shapes.
-            three_quarters = 3 * pow2 // 4
-            return np.where((pow2 >= 4) & (needed <= three_quarters), three_quarters, pow2)
-        raise ValueError(
-            f"step_buckets must be 'pow2', 'geometric', 'exact' or an increasing sequence of step "
-            f"counts, got {step_buckets!r}."
-        )
-    buckets = np.asarray(step_buckets)
-    if (
-        buckets.ndim != 1
-        or buckets.size == 0
-        or not np.issubdtype(buckets.dtype, np.integer)
-        or buckets[0] < 1
-        or np.any(np.diff(buckets) <= 0)
-    ):
-        raise ValueError(
-            "step_buckets must be 'pow2', 'exact' or a strictly increasing sequence of "
-            f"positive integers, got {step_buckets!r}."
-        )
-    index = np.searchsorted(buckets, needed)
-    if np.any(index == len(buckets)):
-        raise ValueError(
-            f"step_buckets={buckets.tolist()} allows at most {int(buckets[-1])} steps, but a "
-            f"client needs {int(needed.max())} (epochs * ceil(examples / batch_size)); add a "
-            "larger bucket."
-        )
-    return buckets[index].astype(np.int64)
 
 
 def _check_args(cohort, batch_size, epochs, shuffle, seed, chunk_size) -> None:

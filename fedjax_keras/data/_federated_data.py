@@ -4,6 +4,10 @@ All clients' examples live in one pytree of numpy arrays with a shared leading
 dimension N (clients stored contiguously, one after another); `client_offsets`
 cuts it into clients. One representation makes sampling, subsetting and
 batching single vectorised gathers, with no per-client Python loop.
+
+One job: `FederatedData`, its constructors and views (subsets, samples,
+splits) over one private representation (source, starts, ids). The draws are
+in `fedjax_keras.data._sampling`, the input checks in `_client_arrays`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,18 @@ from typing import Any
 import numpy as np
 from jax import tree_util
 
-# A floor a hair below an integer is treated as that integer: 0.29 * 100 is
-# 28.999999999999996 in floating point, but users mean 29.
-_FLOOR_TOLERANCE = 1e-9
+from ._client_arrays import (
+    as_leaf_arrays,
+    check_ids,
+    check_offsets,
+    check_positions,
+    check_xy_keys,
+    common_leading_dim,
+    normalise_client,
+    read_only,
+    take_rows,
+)
+from ._sampling import poisson_positions, sample_positions, split_rows
 
 
 class FederatedData:
@@ -52,12 +65,12 @@ class FederatedData:
             raise TypeError(
                 f"examples must be a dict {{'x': ..., 'y': ...}}, got {type(examples).__name__}."
             )
-        _check_xy_keys(examples, "examples")
-        x = _as_leaf_arrays(examples["x"], "x")
-        y = _as_leaf_arrays(examples["y"], "y")
-        n = _common_leading_dim(x, y)
-        offsets = _check_offsets(client_offsets, n)
-        ids = _check_ids(client_ids, len(offsets) - 1)
+        check_xy_keys(examples, "examples")
+        x = as_leaf_arrays(examples["x"], "x")
+        y = as_leaf_arrays(examples["y"], "y")
+        n = common_leading_dim(x, y)
+        offsets = check_offsets(client_offsets, n)
+        ids = check_ids(client_ids, len(offsets) - 1)
         self._init({"x": x, "y": y}, offsets, ids, None, None)
 
     def _init(
@@ -87,7 +100,7 @@ class FederatedData:
         )
         num_clients = len(client_offsets) - 1
         if population_positions is None:
-            population_positions = _read_only(np.arange(num_clients, dtype=np.int64))
+            population_positions = read_only(np.arange(num_clients, dtype=np.int64))
         object.__setattr__(self, "_population_positions", population_positions)
         object.__setattr__(
             self, "_population_size", num_clients if population_size is None else population_size
@@ -102,8 +115,8 @@ class FederatedData:
         if self._examples is None:
             rows = np.arange(self.client_offsets[-1], dtype=np.int64)
             rows += np.repeat(self._starts - self.client_offsets[:-1], self.client_sizes)
-            object.__setattr__(self, "_examples", _take_rows(self._source, rows))
-            object.__setattr__(self, "_examples", tree_util.tree_map(_read_only, self._examples))
+            object.__setattr__(self, "_examples", take_rows(self._source, rows))
+            object.__setattr__(self, "_examples", tree_util.tree_map(read_only, self._examples))
         return self._examples
 
     @property
@@ -147,8 +160,8 @@ class FederatedData:
         """Builds from parts already known valid (subset, split): skips validation."""
         data = object.__new__(cls)
         data._init(
-            tree_util.tree_map(_read_only, examples),
-            _read_only(client_offsets),
+            tree_util.tree_map(read_only, examples),
+            read_only(client_offsets),
             client_ids,
             None,
             None,
@@ -171,12 +184,12 @@ class FederatedData:
         np.cumsum(sizes, out=offsets[1:])
         data._init(
             None,
-            _read_only(offsets),
+            read_only(offsets),
             client_ids,
             source,
-            _read_only(starts),
+            read_only(starts),
             population_ids,
-            _read_only(population_positions),
+            read_only(population_positions),
             population_size,
         )
         return data
@@ -254,10 +267,10 @@ class FederatedData:
         trees, sizes = [], []
         for client_id, examples in zip(ids, per_client):
             what = f"{name}[{client_id!r}]"
-            examples = _normalise_client(examples, what)
-            x = _as_leaf_arrays(examples["x"], f"{what}['x']")
-            y = _as_leaf_arrays(examples["y"], f"{what}['y']")
-            sizes.append(_common_leading_dim(x, y, what))
+            examples = normalise_client(examples, what)
+            x = as_leaf_arrays(examples["x"], f"{what}['x']")
+            y = as_leaf_arrays(examples["y"], f"{what}['y']")
+            sizes.append(common_leading_dim(x, y, what))
             trees.append({"x": x, "y": y})
         first = trees[0]
         first_def = tree_util.tree_structure(first)
@@ -284,7 +297,7 @@ class FederatedData:
     @functools.cached_property
     def client_sizes(self) -> np.ndarray:
         """int64 [C]: examples per client."""
-        return _read_only(np.diff(self.client_offsets))
+        return read_only(np.diff(self.client_offsets))
 
     @property
     def num_examples(self) -> int:
@@ -367,7 +380,7 @@ class FederatedData:
           TypeError: if positions are not integers.
           ValueError: if positions is not 1-D or a position is out of range.
         """
-        pos = _check_positions(positions, self.num_clients)
+        pos = check_positions(positions, self.num_clients)
         population = self._population_ids
         return FederatedData._view(
             self._source,
@@ -411,18 +424,7 @@ class FederatedData:
         Raises:
           ValueError: if K < 0, C == 0 < K, or K > C with replace=False.
         """
-        if not _is_int(num_clients) or num_clients < 0:
-            raise ValueError(f"num_clients must be a non-negative integer, got {num_clients!r}.")
-        population = self.num_clients
-        if replace is None:
-            replace = num_clients > population
-        if num_clients > population and (not replace or population == 0):
-            raise ValueError(
-                f"num_clients={num_clients} exceeds the population of {population} clients "
-                f"with replace={replace}; pass replace=True (or None) or a smaller num_clients."
-            )
-        rng = np.random.default_rng(seed)
-        return rng.choice(population, num_clients, replace=bool(replace)).astype(np.int64)
+        return sample_positions(self.num_clients, num_clients, seed, replace)
 
     def sample_clients(
         self, num_clients: int, seed: Any, replace: bool | None = None
@@ -452,17 +454,7 @@ class FederatedData:
         Raises:
           ValueError: if probability is not a number in [0, 1].
         """
-        if (
-            isinstance(probability, bool)
-            or not isinstance(probability, (int, float, np.floating))
-            or not 0 <= probability <= 1
-        ):
-            raise ValueError(
-                f"probability must be a number in [0, 1] (each client's chance to join the "
-                f"round); received {probability!r}."
-            )
-        draws = np.random.default_rng(seed).random(self.num_clients)
-        return np.flatnonzero(draws < probability).astype(np.int64)
+        return poisson_positions(self.num_clients, probability, seed)
 
     def sample_clients_poisson(self, probability: float, seed: Any) -> FederatedData:
         """A Poisson-sampled cohort: ``self.subset(self.sample_client_positions_poisson(...))``.
@@ -498,175 +490,9 @@ class FederatedData:
         Raises:
           ValueError: if test_fraction is not in (0, 1).
         """
-        if not (isinstance(test_fraction, (int, float, np.number)) and 0 < test_fraction < 1):
-            raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.")
-        sizes = self.client_sizes
-        n_test = np.floor(sizes * float(test_fraction) + _FLOOR_TOLERANCE).astype(np.int64)
-        # Per-client random ranks: sort by (client, uniform) with one argsort of
-        # client + u/2 (u/2 < 0.5 so no key rounds up into the next client).
-        client_of_row = np.repeat(np.arange(self.num_clients, dtype=np.float64), sizes)
-        keys = client_of_row + 0.5 * np.random.default_rng(seed).random(self.num_examples)
-        perm = np.argsort(keys)
-        rank = np.empty(self.num_examples, np.int64)
-        rank[perm] = np.arange(self.num_examples) - np.repeat(self.client_offsets[:-1], sizes)
-        is_test = rank < np.repeat(n_test, sizes)
         parts = []
-        for rows, part_sizes in ((~is_test, sizes - n_test), (is_test, n_test)):
-            rows = np.flatnonzero(rows)
+        for rows, part_sizes in split_rows(self.client_sizes, test_fraction, seed):
             offsets = np.concatenate([[0], np.cumsum(part_sizes)]).astype(np.int64)
-            examples = _take_rows(self.examples, rows)
+            examples = take_rows(self.examples, rows)
             parts.append(FederatedData._unchecked(examples, offsets, self.client_ids))
         return parts[0], parts[1]
-
-
-# -- Validation helpers -------------------------------------------------------------------
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _take_rows(tree: Any, rows: np.ndarray) -> Any:
-    return tree_util.tree_map(lambda a: np.take(a, rows, axis=0), tree)
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    view = array.view()
-    view.flags.writeable = False
-    return view
-
-
-def _check_xy_keys(examples: Mapping, name: str) -> None:
-    keys = set(examples)
-    if keys != {"x", "y"}:
-        missing = sorted({"x", "y"} - keys)
-        extra = sorted(keys - {"x", "y"}, key=repr)
-        raise ValueError(
-            f"{name} must have exactly the keys 'x' and 'y'; missing {missing}, unexpected "
-            f"{extra}. Put several inputs or targets in a dict under 'x' or 'y'."
-        )
-
-
-def _normalise_client(examples: Any, what: str) -> Mapping:
-    if isinstance(examples, Mapping):
-        _check_xy_keys(examples, what)
-        return examples
-    if isinstance(examples, tuple) and len(examples) == 2:
-        return {"x": examples[0], "y": examples[1]}
-    raise TypeError(
-        f"{what} must be a dict {{'x': ..., 'y': ...}} or a tuple (x, y), got "
-        f"{type(examples).__name__}"
-        f"{f' of length {len(examples)}' if isinstance(examples, tuple) else ''}."
-    )
-
-
-def _as_leaf_arrays(tree: Any, name: str) -> Any:
-    """Converts every leaf of ``tree`` to a read-only numpy array [N, ...]."""
-    leaves_with_paths, treedef = tree_util.tree_flatten_with_path(tree)
-    if not leaves_with_paths:
-        raise ValueError(f"{name} holds no array (got {tree!r}); expected an array [N, ...].")
-    arrays = []
-    for path, leaf in leaves_with_paths:
-        if isinstance(leaf, np.ndarray) and leaf.dtype != object and leaf.ndim:
-            arrays.append(_read_only(leaf))  # the common case, without building a name
-            continue
-        where = f"{name}{tree_util.keystr(path)}"
-        try:
-            array = np.asarray(leaf)
-        except Exception as e:  # numpy raises several types for ragged input.
-            raise TypeError(
-                f"{where} cannot be converted to a numpy array ({e}); got {type(leaf).__name__}."
-            ) from e
-        if array.dtype == object:
-            raise TypeError(
-                f"{where} must be a numeric (or string) array [N, ...], got {type(leaf).__name__} "
-                "that numpy can only hold as dtype=object (ragged or non-numeric)."
-            )
-        if array.ndim == 0:
-            raise ValueError(
-                f"{where} must be an array [N, ...] with a leading examples axis, got a scalar "
-                f"{leaf!r}. (A nested Python list is read as a pytree: wrap it in np.asarray.)"
-            )
-        arrays.append(_read_only(array))
-    return tree_util.tree_unflatten(treedef, arrays)
-
-
-def _common_leading_dim(x: Any, y: Any, name: str = "examples") -> int:
-    leading = {leaf.shape[0] for leaf in tree_util.tree_leaves((x, y))}
-    if len(leading) == 1:
-        return leading.pop()
-    dims = {}
-    for part, tree in (("x", x), ("y", y)):
-        for path, leaf in tree_util.tree_flatten_with_path(tree)[0]:
-            dims[f"{part}{tree_util.keystr(path)}"] = leaf.shape[0]
-    if len(set(dims.values())) > 1:
-        raise ValueError(
-            f"all arrays in {name} must share the leading (examples) dimension N; got leading "
-            f"dimensions {dims}."
-        )
-    return next(iter(dims.values()))
-
-
-def _check_offsets(client_offsets: Any, n: int) -> np.ndarray:
-    offsets = np.asarray(client_offsets)
-    if offsets.ndim != 1 or offsets.size == 0:
-        raise ValueError(
-            f"client_offsets must be a 1-D array [num_clients + 1], got shape {offsets.shape}."
-        )
-    if not (np.issubdtype(offsets.dtype, np.integer) or offsets.dtype == bool):
-        raise TypeError(f"client_offsets must hold integers, got dtype {offsets.dtype}.")
-    offsets = offsets.astype(np.int64)
-    if offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0):
-        bad = np.flatnonzero(np.diff(offsets) < 0)
-        detail = f"; it decreases after index {int(bad[0])}" if bad.size else ""
-        raise ValueError(
-            f"client_offsets must be non-decreasing from 0 to N={n} (the number of examples, "
-            f"so that no example is dropped), got {_short(offsets)}{detail}."
-        )
-    return _read_only(offsets)
-
-
-def _check_ids(client_ids: Any, num_clients: int) -> tuple:
-    if client_ids is None:
-        return tuple(range(num_clients))
-    if isinstance(client_ids, (str, bytes)):
-        raise TypeError(f"client_ids must be a sequence of ids, got the string {client_ids!r}.")
-    ids = tuple(client_ids)
-    if len(ids) != num_clients:
-        raise ValueError(
-            f"client_ids must have one id per client ({num_clients}), got {len(ids)} ids."
-        )
-    try:
-        unique = set(ids)
-    except TypeError as e:
-        raise TypeError(f"client_ids must be hashable ({e}).") from e
-    if len(unique) != len(ids):
-        seen, duplicates = set(), []
-        for i in ids:
-            if i in seen:
-                duplicates.append(i)
-            seen.add(i)
-        raise ValueError(f"client_ids must be distinct, got duplicates {duplicates[:5]!r}.")
-    return ids
-
-
-def _check_positions(positions: Any, num_clients: int) -> np.ndarray:
-    pos = np.asarray(positions)
-    if pos.ndim != 1:
-        raise ValueError(
-            f"positions must be a 1-D array of client positions, got shape {pos.shape}."
-        )
-    if pos.size == 0:
-        return np.zeros(0, np.int64)
-    if not np.issubdtype(pos.dtype, np.integer):
-        raise TypeError(f"positions must be integers, got dtype {pos.dtype}.")
-    pos = pos.astype(np.int64, copy=False)
-    if pos.min() < 0 or pos.max() >= num_clients:
-        raise ValueError(
-            f"positions must be in [0, {num_clients}) for {num_clients} clients, got {_short(pos)}."
-        )
-    return pos
-
-
-def _short(array: np.ndarray) -> str:
-    return np.array2string(array, threshold=12, edgeitems=4, separator=", ")

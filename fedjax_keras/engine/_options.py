@@ -1,17 +1,14 @@
 """The engine options every builder accepts, checked once at build time."""
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from fedjax_keras.data import UnreliableClients
-from fedjax_keras.data._batching import _round_steps
-from fedjax_keras.parallel import Stepwise, Vmap
-from fedjax_keras.parallel._mesh import check_mesh
+from fedjax_keras.data import UnreliableClients, bucket
+from fedjax_keras.parallel import Stepwise, Vmap, check_mesh
 
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
 DATA_PLACEMENTS = ("auto", "device", "host")
@@ -52,9 +49,6 @@ class EngineOptions:
         builds every chunk's batches in host memory; 'auto' (default) keeps
         populations up to ``device_data_limit`` bytes on the devices.
       device_data_limit: bytes (None: 256 MiB on a CPU, 4 GiB elsewhere).
-      client_state_placement: 'device' (where the client table lives; 'host'
-        is accepted for compatibility and warns: the table is an array of the
-        state, on the devices).
       population_size: clients of the population, the rows of the client
         table of stateful algorithms (None: the first cohort's population).
       mesh: a `jax.sharding.Mesh` with a 'clients' axis (None: every device).
@@ -76,7 +70,6 @@ class EngineOptions:
     group_size: int = 2
     data_placement: str = "auto"
     device_data_limit: int | None = None
-    client_state_placement: str = "device"
     population_size: int | None = None
     mesh: Any = None
     max_nonfinite_rounds: int = 1
@@ -98,7 +91,7 @@ class EngineOptions:
                     f"{self.chunk_size!r}."
                 )
         try:
-            _round_steps(np.array([1]), self.step_buckets)
+            bucket(np.array([1]), self.step_buckets)
         except (ValueError, TypeError) as e:
             raise ValueError(str(e)) from e
         if not isinstance(self.runner, (Vmap, Stepwise)) and self.runner not in RUNNERS:
@@ -118,18 +111,6 @@ class EngineOptions:
             raise TypeError(
                 f"device_data_limit must be a number of bytes (int >= 0) or None; "
                 f"received {limit!r}."
-            )
-        if self.client_state_placement not in ("device", "host"):
-            raise ValueError(
-                f"client_state_placement must be 'device' or 'host'; received "
-                f"{self.client_state_placement!r}."
-            )
-        if self.client_state_placement == "host":
-            warnings.warn(
-                "client_state_placement='host' is no longer used: the client table is part of "
-                "the ServerState, on the devices (on a CPU that is host memory). Drop the option.",
-                DeprecationWarning,
-                stacklevel=4,
             )
         if self.population_size is not None and not is_positive_int(self.population_size):
             raise ValueError(

@@ -1,12 +1,19 @@
-"""The state of a federated process between rounds, and what a round returns."""
+"""The state of a federated process between rounds, and what a round returns.
+
+Also the shapes the initial state is built from: one client's output
+(`client_output_spec`) and its initial row of the client table
+(`client_state_default`).
+"""
 
 import dataclasses
 from typing import Any, NamedTuple
 
 import flax.struct
+import jax
 import numpy as np
 
-from fedjax_keras.models import ModelWeights
+from fedjax_keras.client import ClientBatchArrays
+from fedjax_keras.models import Model, ModelWeights
 
 
 @flax.struct.dataclass
@@ -46,11 +53,6 @@ class ServerState:
     nonfinite_rounds: Any = np.int64(0)
     hyperparams: Any = dataclasses.field(default_factory=dict)
 
-    @property
-    def extra(self) -> Any:
-        """The algorithm's own server state (the name of releases before 0.2)."""
-        return self.algorithm_state
-
 
 class RoundOutput(NamedTuple):
     """What ``process.next`` returns (TFF's ``LearningProcessOutput``).
@@ -62,3 +64,50 @@ class RoundOutput(NamedTuple):
 
     state: ServerState
     metrics: dict
+
+
+def client_output_spec(model: Model, algorithm):
+    """One client's `ClientOutput` as `jax.ShapeDtypeStruct` (traced, nothing runs).
+
+    Args:
+      model: the process's `Model`.
+      algorithm: the `FederatedAlgorithm`; its client program runs abstractly on
+        one step of one example, [1, 1, ...], from the initial weights.
+    """
+    one = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((1, 1) + tuple(s.shape[1:]), s.dtype), model.input_spec
+    )
+    weights = model.initial_weights
+    data = ClientBatchArrays(one["x"], one["y"], jax.ShapeDtypeStruct((1, 1), bool))
+    default = algorithm.client_state_init
+    row = () if default is None else default(weights)
+    state = ServerState(weights, *algorithm.server_init(weights))
+    return jax.eval_shape(
+        lambda d, r: algorithm.client_program.run(
+            algorithm.broadcast(state), d, jax.random.PRNGKey(0), r
+        ),
+        data,
+        row,
+    )
+
+
+def client_state_default(algorithm, weights: ModelWeights, update_spec):
+    """One client's initial row of the client table, or None when nothing is kept per client.
+
+    Args:
+      algorithm: the `FederatedAlgorithm` (its ``client_state_init``, its aggregator's
+        ``client_init``).
+      weights: the server weights the row derives from.
+      update_spec: one client's update as `jax.ShapeDtypeStruct`
+        (``client_output_spec(...).update``).
+    """
+    algorithm_row = None
+    if algorithm.client_state_init is not None:
+        algorithm_row = algorithm.client_state_init(weights)
+    aggregator_row = algorithm.aggregator.client_init(update_spec)
+    if algorithm_row is None and not jax.tree.leaves(aggregator_row):
+        return None
+    return {
+        "algorithm": () if algorithm_row is None else algorithm_row,
+        "aggregator": aggregator_row,
+    }

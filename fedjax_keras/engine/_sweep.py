@@ -27,11 +27,9 @@ import numpy as np
 import optax
 
 from fedjax_keras.client import with_hyperparams
-from fedjax_keras.engine._process import (
-    FederatedProcess,
-    _client_reports,
-    _to_host_metrics,
-)
+from fedjax_keras.engine._plan import chunk_arrays
+from fedjax_keras.engine._process import FederatedProcess
+from fedjax_keras.engine._results import advance, client_reports, to_host_metrics
 from fedjax_keras.engine._state import ServerState
 from fedjax_keras.parallel import RoundInputs, Vmap
 
@@ -118,17 +116,17 @@ class Sweep:
                 f"A sweep vmaps the Vmap executor over runs; the process has runner={runner!r}. "
                 "Build it with runner='vmap'."
             )
-        self._executor = self.process._bound(runner if isinstance(runner, Vmap) else Vmap())
+        self._executor = self.process.bound_executor(runner if isinstance(runner, Vmap) else Vmap())
         self._start = jax.jit(
-            jax.vmap(self.process._start_impl, in_axes=(0, 0, None), axis_size=runs),
+            jax.vmap(self.process.start_carry, in_axes=(0, 0, None), axis_size=runs),
             static_argnums=(2,),
         )
         inputs_axes = RoundInputs(0, 0, None, 0)
         self._run_chunk = jax.jit(
-            jax.vmap(self._executor._run_chunk, in_axes=(0, inputs_axes, 0, 0), axis_size=runs),
+            jax.vmap(self._executor.run_chunk, in_axes=(0, inputs_axes, 0, 0), axis_size=runs),
             donate_argnums=(0,),
         )
-        self._finish = jax.jit(jax.vmap(self.process._finish_impl, axis_size=runs))
+        self._finish = jax.jit(jax.vmap(self.process.finish, axis_size=runs))
 
     @property
     def num_runs(self) -> int:
@@ -180,7 +178,7 @@ class Sweep:
                 f"Give one cohort for all runs or one per run ({runs}); got {len(cohorts)}."
             )
         prepared = [
-            self.process._prepare(self.run_state(states, k), cohort)
+            self.process.prepare_round(self.run_state(states, k), cohort)
             for k, cohort in enumerate(cohorts)
         ]
         first = prepared[0]
@@ -190,7 +188,7 @@ class Sweep:
                 "sample every run's cohort from one FederatedData, small enough for "
                 "device_data_limit (or pass data_placement='device')."
             )
-        if len({p.plan.num_chunks for p in prepared}) != 1:
+        if len({p.cohort_plan.num_chunks for p in prepared}) != 1:
             raise ValueError("Every run's cohort must have the same number of clients.")
         row_steps = max(p.row_steps for p in prepared)
         stacked_states = _stack([p.state for p in prepared])
@@ -199,32 +197,26 @@ class Sweep:
         carry = self._start(
             stacked_states.aggregator_state, stacked_states.client_states, first.capacity
         )
-        for index in range(first.plan.num_chunks):
-            parts = [self.process._chunk(p, index, row_steps) for p in prepared]
+        for index in range(first.cohort_plan.num_chunks):
+            parts = [chunk_arrays(p, index, row_steps) for p in prepared]
             chunk = _stack(_one_batch_width([c for c, _ in parts]))
-            steps = np.array([self._executor._num_steps(host) for _, host in parts], np.int32)
+            steps = np.array([self._executor.num_steps(host) for _, host in parts], np.int32)
             carry = self._run_chunk(carry, inputs, chunk, steps)
         new_states, metrics, _, reports = self._finish(stacked_states, carry, inputs.seed_and_round)
-        metrics = _to_host_metrics(metrics)
+        metrics = to_host_metrics(metrics)
         per_run = []
         for k, p in enumerate(prepared):
             state = jax.tree.map(lambda leaf, k=k: leaf[k], new_states)
             nonfinite = bool(metrics["server_update_nonfinite"][k])
             per_run.append(
-                state.replace(
-                    round_num=np.int64(p.round_num + 1),
-                    seed=np.int64(p.seed),
-                    nonfinite_rounds=np.int64(
-                        int(p.state.nonfinite_rounds) + 1 if nonfinite else 0
-                    ),
-                )
+                advance(state, p.state, nonfinite=nonfinite, round_num=p.round_num, seed=p.seed)
             )
             run_reports = jax.tree.map(lambda leaf, k=k: leaf[k], reports)
-            for name, value in _client_reports(run_reports, p.plan).items():
+            for name, value in client_reports(run_reports, p.cohort_plan).items():
                 metrics.setdefault(name, []).append(value)
         for name in [n for n in metrics if n.startswith("clients/")]:
             metrics[name] = np.stack(metrics[name])
-        metrics["padding_fraction"] = np.array([p.plan.padding_fraction for p in prepared])
+        metrics["padding_fraction"] = np.array([p.cohort_plan.padding_fraction for p in prepared])
         return SweepOutput(_stack(per_run), metrics)
 
 

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from fedjax_keras.models._from_keras import Model, from_keras_model
+from fedjax_keras.models._from_keras import from_keras_model
+from fedjax_keras.models._model import Model
 
 CENTROIDS_PATH = "centroids/centroids"
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_keras.models._from_keras import Model
+from fedjax_keras.models._model import Model
 
 INPUTS = "inputs"
 

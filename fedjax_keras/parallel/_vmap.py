@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_keras.client import ClientBatchArrays, step_key
+from fedjax_keras.data import bucket
 from fedjax_keras.parallel._executor import (
     Chunk,
     ChunkProgram,
@@ -79,11 +80,15 @@ class _BoundVmap:
         self._chunk_program = chunk_program
         self._placement = placement
         self._scan_unroll = scan_unroll
-        self._run = placement.jit(self._run_chunk, donate_argnums=(0,))
+        self._run = placement.jit(self.run_chunk, donate_argnums=(0,))
         self._run_all = placement.jit(self._run_stacked_chunks, donate_argnums=(0,))
         self._slots = 1
 
-    def _run_chunk(self, carry, inputs: RoundInputs, chunk: Chunk, num_steps):
+    def run_chunk(self, carry, inputs: RoundInputs, chunk: Chunk, num_steps):
+        """One chunk, not compiled (`fedjax_keras.engine.Sweep` vmaps it over runs).
+
+        ``num_steps`` is the int32 trip count, `num_steps` of the chunk's `HostChunk`.
+        """
         cp, program = self._chunk_program, self._chunk_program.program
         keys = client_keys(inputs.seed_and_round, chunk.info)
         rows = cp.read_rows(carry, chunk.info)
@@ -130,7 +135,7 @@ class _BoundVmap:
             chunk = jax.tree.map(
                 lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), chunks
             )
-            return self._run_chunk(carry, inputs, chunk, num_steps[index])
+            return self.run_chunk(carry, inputs, chunk, num_steps[index])
 
         return jax.lax.fori_loop(0, count, one, carry)
 
@@ -146,28 +151,29 @@ class _BoundVmap:
             for chunk, host in zip(chunks, hosts):
                 carry = self(carry, inputs, chunk, host)
             return carry
-        slots = max(1 << (len(chunks) - 1).bit_length(), self._slots)
+        slots = max(bucket(len(chunks), "pow2"), self._slots)
         self._slots = slots  # a compilation cache's key, like jit's: no option changes
         padded = chunks + [chunks[-1]] * (slots - len(chunks))
         stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *padded)
-        steps = [self._num_steps(host) for host in hosts]
+        steps = [self.num_steps(host) for host in hosts]
         steps = np.array(steps + [0] * (slots - len(chunks)), np.int32)
         return self._run_all(carry, inputs, stacked, steps, np.int32(len(chunks)))
 
     @staticmethod
-    def _num_steps(host: HostChunk):
+    def num_steps(host: HostChunk):
+        """int32: the chunk's longest real client, the loop's trip count."""
         return np.int32(np.max(host.num_steps[host.valid], initial=0))
 
     def __call__(self, carry, inputs: RoundInputs, chunk: Chunk, host: HostChunk):
         chunk = self._placement.clients(chunk)
-        return self._run(carry, inputs, chunk, self._num_steps(host))
+        return self._run(carry, inputs, chunk, self.num_steps(host))
 
     def seconds_per_client_step(
         self, carry, inputs: RoundInputs, chunk: Chunk, host: HostChunk
     ) -> float:
         chunk = self._placement.clients(chunk)
         copy = lambda: jax.tree.map(lambda a: a.copy(), carry)  # noqa: E731 (donated)
-        steps = self._num_steps(host)
+        steps = self.num_steps(host)
         jax.block_until_ready(self._run(copy(), inputs, chunk, steps))  # compiles
         fresh = copy()
         start = time.perf_counter()
