@@ -34,13 +34,12 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
-from fedjax_keras.algorithms._checks import check_count, check_number
-from fedjax_keras.algorithms._fed_avg import default_server_optimizer, pseudo_gradient_step
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_count, check_number
+from fedjax_keras.algorithms._schedules import run_hyperparams
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
 from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
 from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model
@@ -80,6 +79,134 @@ def _num_classes(model: Model) -> int:
             "domain_fn)."
         )
     return int(leaves[0].shape[1])
+
+
+def agnostic_fed_avg(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    num_domains: int | None = None,
+    domain_fn: Callable | None = None,
+    domain_learning_rate: float = 0.1,
+    domain_update: str = "projected",
+    initial_domain_weights: Sequence[float] | None = None,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """Agnostic federated averaging (Mohri et al. 2019, arXiv:1902.00146) as a `FederatedAlgorithm`.
+
+    ``min_w max_lambda sum_k lambda_k L_k(w)``: clients weigh ``beta_i =
+    sum_k lambda_k n_ik / N_k``, the server moves ``lambda`` toward the
+    domains of highest loss (module docstring).
+
+    Args:
+      model: from `from_keras_model`.
+      client_optimizer: the local optimizer.
+      server_optimizer: applied to ``-aggregate(delta)``; default ``optax.sgd(1.0)``.
+      num_domains: ``p``; None: the model's number of classes (domains are labels).
+      domain_fn: ``(x, y) -> int32 [batch]`` in ``[0, p)``; None: the label.
+      domain_learning_rate: ``domain_lr >= 0``, the step on ``lambda``.
+      domain_update: 'projected' (the paper's) or 'exponentiated'.
+      initial_domain_weights: ``lambda`` at the start; default uniform.
+      aggregator: combines the deltas with weights ``beta_i`` (default: the mean).
+
+    Example:
+      >>> process = FederatedProcess(model, agnostic_fed_avg(model, optax.sgd(0.05)))
+    """
+    require_model(model)
+    check_choice(domain_update, DOMAIN_UPDATES, "domain_update")
+    if domain_fn is not None and not callable(domain_fn):
+        raise TypeError(f"domain_fn must be a function (x, y) -> int32 [batch]; got {domain_fn!r}.")
+    if num_domains is None:
+        if domain_fn is not None:
+            raise ValueError("A domain_fn needs num_domains=: how many domains it returns.")
+        p = _num_classes(model)
+    else:
+        p = check_count(num_domains, "num_domains")
+    gamma = check_number(domain_learning_rate, "domain_learning_rate", minimum=0.0)
+    if initial_domain_weights is None:
+        initial = np.full(p, 1.0 / p, np.float32)
+    else:
+        initial = np.asarray(initial_domain_weights, np.float32)
+        if initial.shape != (p,) or np.any(initial < 0) or abs(initial.sum() - 1) > 1e-5:
+            raise ValueError(
+                f"initial_domain_weights must be {p} non-negative numbers summing to 1; "
+                f"received {initial_domain_weights!r}."
+            )
+    domains_of = _label_domains if domain_fn is None else domain_fn
+    delta_aggregator = aggregator_or_default(aggregator)
+    template = model.initial_weights.trainable
+    client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
+    server_opt = server_optimizer_for(server_optimizer, template)
+    train_step = training_step(model, client_opt)
+
+    def example_losses(weights, batch):
+        def one(x, y):
+            single = jax.tree.map(lambda leaf: leaf[None], {"x": x, "y": y})
+            return model.loss(weights, single, training=False)
+
+        return jax.vmap(one)(batch["x"], batch["y"])
+
+    def start(broadcast, client_state):
+        zeros = jnp.zeros((p,), jnp.float32)
+        train = start_training(model, client_opt, broadcast.model, run_hyperparams(broadcast))
+        return train, zeros, zeros
+
+    def step(carry, batch, key, broadcast, client_state):
+        train, loss_sums, counts = carry
+        mask = jnp.asarray(batch["mask"], bool)
+        clean = {**batch, "mask": mask.astype(jnp.float32)}
+        losses = jnp.where(mask, example_losses(broadcast.model, clean), 0.0)
+        domains = jnp.where(mask, domains_of(batch["x"], batch["y"]), p)  # padding: no domain
+        return (
+            train_step(train, batch, key, broadcast, client_state),
+            loss_sums + jax.ops.segment_sum(losses, domains, p),
+            counts + jax.ops.segment_sum(mask.astype(jnp.float32), domains, p),
+        )
+
+    def finish(carry, broadcast, client_state) -> ClientOutput:
+        train, loss_sums, counts = carry
+        weights = broadcast.algorithm_state["domain_weights"]
+        previous = broadcast.algorithm_state["domain_counts"]
+        delta = jax.tree.map(jnp.subtract, train.weights.trainable, broadcast.model.trainable)
+        domains = {"loss_sums": loss_sums, "counts": counts}
+        weight = jnp.sum(weights * counts / previous)
+        return ClientOutput.from_training(train, {"delta": delta, "domains": domains}, weight)
+
+    def server_update(state, aggregate, key):
+        del key
+        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
+        counts = aggregate["domains"]["counts"]
+        seen = counts > 0
+        losses = jnp.where(seen, aggregate["domains"]["loss_sums"] / jnp.where(seen, counts, 1), 0)
+        weights = state.algorithm_state["domain_weights"]
+        if domain_update == "projected":
+            new_weights = project_simplex(weights + gamma * losses)
+        else:
+            raised = weights * jnp.exp(gamma * (losses - jnp.max(losses)))
+            new_weights = raised / jnp.sum(raised)
+        previous = state.algorithm_state["domain_counts"]
+        algorithm_state = {
+            "domain_weights": new_weights,
+            "domain_counts": jnp.where(seen, counts, previous),
+        }
+        return state.replace(algorithm_state=algorithm_state), {
+            "domain_weights": new_weights,
+            "domain_losses": losses,
+            "domain_examples": counts.astype(jnp.int32),
+            "worst_domain_loss": jnp.max(jnp.where(seen, losses, -jnp.inf)),
+        }
+
+    return FederatedAlgorithm(
+        name="agnostic_fed_avg",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda w: (
+            server_opt.init(w.trainable),
+            {"domain_weights": jnp.asarray(initial), "domain_counts": jnp.ones((p,), jnp.float32)},
+        ),
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "domains": sum_aggregator()}),
+    )
 
 
 def build_agnostic_fed_avg(
@@ -125,122 +252,15 @@ def build_agnostic_fed_avg(
       >>> float(out.metrics["domain_weights"].sum())
       1.0
     """
-    require_model(model)
-    check_choice(domain_update, DOMAIN_UPDATES, "domain_update")
-    if domain_fn is not None and not callable(domain_fn):
-        raise TypeError(f"domain_fn must be a function (x, y) -> int32 [batch]; got {domain_fn!r}.")
-    if num_domains is None:
-        if domain_fn is not None:
-            raise ValueError("A domain_fn needs num_domains=: how many domains it returns.")
-        p = _num_classes(model)
-    else:
-        p = check_count(num_domains, "num_domains")
-    gamma = check_number(domain_learning_rate, "domain_learning_rate", minimum=0.0)
-    if initial_domain_weights is None:
-        initial = np.full(p, 1.0 / p, np.float32)
-    else:
-        initial = np.asarray(initial_domain_weights, np.float32)
-        if initial.shape != (p,) or np.any(initial < 0) or abs(initial.sum() - 1) > 1e-5:
-            raise ValueError(
-                f"initial_domain_weights must be {p} non-negative numbers summing to 1; "
-                f"received {initial_domain_weights!r}."
-            )
-    domains_of = _label_domains if domain_fn is None else domain_fn
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
-    template = model.initial_weights.trainable
-    client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    train_step = training_step(model, client_opt)
-
-    def example_losses(weights, batch):
-        def one(x, y):
-            single = jax.tree.map(lambda leaf: leaf[None], {"x": x, "y": y})
-            return model.loss(weights, single, training=False)
-
-        return jax.vmap(one)(batch["x"], batch["y"])
-
-    def start(broadcast, client_state):
-        zeros = jnp.zeros((p,), jnp.float32)
-        return start_training(model, client_opt, broadcast.model), zeros, zeros
-
-    def step(carry, batch, key, broadcast, client_state):
-        train, loss_sums, counts = carry
-        mask = jnp.asarray(batch["mask"], bool)
-        clean = {**batch, "mask": mask.astype(jnp.float32)}
-        losses = jnp.where(mask, example_losses(broadcast.model, clean), 0.0)
-        domains = jnp.where(mask, domains_of(batch["x"], batch["y"]), p)  # padding: no domain
-        return (
-            train_step(train, batch, key, broadcast, client_state),
-            loss_sums + jax.ops.segment_sum(losses, domains, p),
-            counts + jax.ops.segment_sum(mask.astype(jnp.float32), domains, p),
-        )
-
-    def finish(carry, broadcast, client_state) -> ClientOutput:
-        train, loss_sums, counts = carry
-        weights = broadcast.algorithm_state["domain_weights"]
-        previous = broadcast.algorithm_state["domain_counts"]
-        delta = jax.tree.map(jnp.subtract, train.weights.trainable, broadcast.model.trainable)
-        return ClientOutput(
-            update={"delta": delta, "domains": {"loss_sums": loss_sums, "counts": counts}},
-            weight=jnp.sum(weights * counts / previous),
-            metrics=train.metrics,
-            loss_sum=train.loss_sum,
-            num_examples=train.num_examples,
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
-        counts = aggregate["domains"]["counts"]
-        seen = counts > 0
-        losses = jnp.where(seen, aggregate["domains"]["loss_sums"] / jnp.where(seen, counts, 1), 0)
-        weights = state.algorithm_state["domain_weights"]
-        if domain_update == "projected":
-            new_weights = project_simplex(weights + gamma * losses)
-        else:
-            raised = weights * jnp.exp(gamma * (losses - jnp.max(losses)))
-            new_weights = raised / jnp.sum(raised)
-        previous = state.algorithm_state["domain_counts"]
-        algorithm_state = {
-            "domain_weights": new_weights,
-            "domain_counts": jnp.where(seen, counts, previous),
-        }
-        return state.replace(algorithm_state=algorithm_state), {
-            "domain_weights": new_weights,
-            "domain_losses": losses,
-            "domain_examples": counts.astype(jnp.int32),
-            "worst_domain_loss": jnp.max(jnp.where(seen, losses, -jnp.inf)),
-        }
-
-    algorithm = FederatedAlgorithm(
-        name="agnostic_fed_avg",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda w: (
-            server_opt.init(w.trainable),
-            {"domain_weights": jnp.asarray(initial), "domain_counts": jnp.ones((p,), jnp.float32)},
-        ),
-        server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "domains": sum_aggregator()}),
+    algorithm = agnostic_fed_avg(
+        model,
+        client_optimizer,
+        server_optimizer,
+        num_domains=num_domains,
+        domain_fn=domain_fn,
+        domain_learning_rate=domain_learning_rate,
+        domain_update=domain_update,
+        initial_domain_weights=initial_domain_weights,
+        aggregator=aggregator,
     )
     return FederatedProcess(model, algorithm, **engine_options)
-
-
-register(
-    AlgorithmEntry(
-        "agnostic_fedavg",
-        "build_agnostic_fed_avg",
-        "minimax over domain mixtures: FedAvg deltas weighted by the domain weights lambda, "
-        "lambda moved toward the domains with the highest loss (domains: the labels)",
-        "Mohri et al. 2019, arXiv:1902.00146",
-        lambda model, s, **engine: build_agnostic_fed_avg(
-            model,
-            optax.sgd(s.client_lr),
-            optax.sgd(s.server_rate(1.0)),
-            domain_learning_rate=s.options["domain_lr"],
-            **engine,
-        ),
-        options={"domain_lr": 0.1},
-    )
-)

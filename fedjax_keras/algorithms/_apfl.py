@@ -28,23 +28,119 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_keras._tree import tree_where
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
-from fedjax_keras.aggregation import sum as sum_aggregator
-from fedjax_keras.algorithms._checks import check_number
-from fedjax_keras.algorithms._fed_avg import (
-    WEIGHTINGS,
-    client_weight,
-    default_server_optimizer,
-    pseudo_gradient_step,
+from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
+from fedjax_keras.algorithms._metric_sums import (
+    add_output,
+    empty_sums,
+    finalize_sums,
+    with_personal_models,
 )
-from fedjax_keras.algorithms._metric_sums import add_output, empty_sums, finalize_sums
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
-from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.algorithms._server_step import server_optimizer_for
+from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
+from fedjax_keras.client import (
+    ClientOutput,
+    ClientProgram,
+    start_training,
+    training_step,
+    with_float_mask,
+)
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
-from fedjax_keras.optimizers import as_optimizer, from_optax
+from fedjax_keras.optimizers import from_optax
 
 _MIXED_STREAM = 1  # folded into a step's key for the mixed model's randomness
+
+
+def apfl(
+    model: Model,
+    client_learning_rate: float,
+    server_optimizer=None,
+    *,
+    alpha: float = 0.25,
+    alpha_learning_rate: float = 0.0,
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """APFL (Deng et al. 2020, arXiv:2003.13461) as a `FederatedAlgorithm`.
+
+    Each client keeps ``v_i`` and ``alpha_i`` in its row of the client table
+    (sized by the engine option ``population_size``) and trains ``v_i``
+    through the mixture ``alpha_i v_i + (1 - alpha_i) w`` (module docstring).
+
+    Args:
+      model: from `from_keras_model`.
+      client_learning_rate: ``eta``, the local SGD rate of ``w_i`` and ``v_i``.
+      server_optimizer: applied to ``-aggregate(delta)``; default ``optax.sgd(1.0)``.
+      alpha: the initial mixing weight in [0, 1].
+      alpha_learning_rate: ``eta_alpha``; 0 keeps ``alpha`` fixed.
+      weighting: `ClientWeighting` (or its value) of the global deltas.
+      aggregator: combines the global deltas (default: the weighted mean).
+
+    Example:
+      >>> process = FederatedProcess(model, apfl(model, 0.05, alpha=0.5), batch_size=10)
+    """
+    require_model(model)
+    weighting = as_client_weighting(weighting)
+    lr = check_number(client_learning_rate, "client_learning_rate", minimum=0.0, strict=True)
+    alpha = check_number(alpha, "alpha", minimum=0.0, maximum=1.0)
+    alpha_lr = check_number(alpha_learning_rate, "alpha_learning_rate", minimum=0.0)
+    delta_aggregator = aggregator_or_default(aggregator)
+    server_opt = server_optimizer_for(server_optimizer, model.initial_weights.trainable)
+    sgd = from_optax(optax.sgd(lr))
+    global_step = training_step(model, sgd)
+    grad_fn = jax.value_and_grad(model.loss_and_output, has_aux=True)
+
+    def start(broadcast, row):
+        return (
+            start_training(model, sgd, broadcast.model),
+            row["personal"],
+            jnp.asarray(row["alpha"], jnp.float32),
+            empty_sums(model),
+        )
+
+    def step(carry, batch, key, broadcast, row):
+        shared, personal, a, sums = carry
+        batch = with_float_mask(batch)
+        w = shared.weights
+        mixed = jax.tree.map(lambda v, wi: a * v + (1.0 - a) * wi, personal, w.trainable)
+        (_, output), g = grad_fn(
+            mixed,
+            w.non_trainable,
+            batch,
+            training=True,
+            rng=jax.random.fold_in(key, _MIXED_STREAM),
+        )
+        new_personal = jax.tree.map(lambda v, gi: v - lr * a * gi, personal, g)
+        slope = jax.tree.reduce(
+            jnp.add,
+            jax.tree.map(lambda v, wi, gi: jnp.vdot(v - wi, gi), personal, w.trainable, g),
+        )
+        new_a = jnp.clip(a - alpha_lr * slope, 0.0, 1.0) if alpha_lr > 0 else a
+        has = output.num_examples > 0
+        return (
+            global_step(shared, batch, key, broadcast, row),
+            tree_where(has, new_personal, personal),
+            jnp.where(has, new_a, a),
+            add_output(model, sums, batch, output),
+        )
+
+    def finish(carry, broadcast, row) -> ClientOutput:
+        shared, personal, a, sums = carry
+        delta = jax.tree.map(jnp.subtract, shared.weights.trainable, broadcast.model.trainable)
+        return ClientOutput.from_training(
+            shared,
+            {"delta": delta, "personal": sums},
+            client_weight(shared.num_examples, weighting),
+            client_state={"personal": personal, "alpha": a},
+            report={"alpha": a, "personal": finalize_sums(model, sums)},
+        )
+
+    def first_row(weights):  # a client never seen: v_i = w^0, alpha_i = alpha
+        return {"personal": weights.trainable, "alpha": jnp.asarray(alpha, jnp.float32)}
+
+    program = ClientProgram(start, step, finish)
+    return with_personal_models("apfl", model, program, server_opt, delta_aggregator, first_row)
 
 
 def build_apfl(
@@ -88,103 +184,13 @@ def build_apfl(
       >>> out.metrics["clients/alpha"].shape
       (5,)
     """
-    require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
-    lr = check_number(client_learning_rate, "client_learning_rate", minimum=0.0, strict=True)
-    alpha = check_number(alpha, "alpha", minimum=0.0, maximum=1.0)
-    alpha_lr = check_number(alpha_learning_rate, "alpha_learning_rate", minimum=0.0)
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
-    template = model.initial_weights.trainable
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    sgd = from_optax(optax.sgd(lr))
-    global_step = training_step(model, sgd)
-    grad_fn = jax.value_and_grad(model.loss_and_output, has_aux=True)
-
-    def start(broadcast, row):
-        return (
-            start_training(model, sgd, broadcast.model),
-            row["personal"],
-            jnp.asarray(row["alpha"], jnp.float32),
-            empty_sums(model),
-        )
-
-    def step(carry, batch, key, broadcast, row):
-        shared, personal, a, sums = carry
-        batch = {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
-        w = shared.weights
-        mixed = jax.tree.map(lambda v, wi: a * v + (1.0 - a) * wi, personal, w.trainable)
-        (_, output), g = grad_fn(
-            mixed,
-            w.non_trainable,
-            batch,
-            training=True,
-            rng=jax.random.fold_in(key, _MIXED_STREAM),
-        )
-        new_personal = jax.tree.map(lambda v, gi: v - lr * a * gi, personal, g)
-        slope = jax.tree.reduce(
-            jnp.add,
-            jax.tree.map(lambda v, wi, gi: jnp.vdot(v - wi, gi), personal, w.trainable, g),
-        )
-        new_a = jnp.clip(a - alpha_lr * slope, 0.0, 1.0) if alpha_lr > 0 else a
-        has = output.num_examples > 0
-        return (
-            global_step(shared, batch, key, broadcast, row),
-            tree_where(has, new_personal, personal),
-            jnp.where(has, new_a, a),
-            add_output(model, sums, batch, output),
-        )
-
-    def finish(carry, broadcast, row) -> ClientOutput:
-        shared, personal, a, sums = carry
-        delta = jax.tree.map(jnp.subtract, shared.weights.trainable, broadcast.model.trainable)
-        return ClientOutput(
-            update={"delta": delta, "personal": sums},
-            weight=client_weight(shared.num_examples, weighting),
-            metrics=shared.metrics,
-            loss_sum=shared.loss_sum,
-            num_examples=shared.num_examples,
-            client_state={"personal": personal, "alpha": a},
-            report={"alpha": a, "personal": finalize_sums(model, sums)},
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
-        return state, finalize_sums(model, aggregate["personal"], "personal/")
-
-    algorithm = FederatedAlgorithm(
-        name="apfl",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
-        server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "personal": sum_aggregator()}),
-        client_state_init=lambda weights: {
-            "personal": weights.trainable,
-            "alpha": jnp.asarray(alpha, jnp.float32),
-        },
+    algorithm = apfl(
+        model,
+        client_learning_rate,
+        server_optimizer,
+        alpha=alpha,
+        alpha_learning_rate=alpha_learning_rate,
+        weighting=weighting,
+        aggregator=aggregator,
     )
     return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)
-
-
-register(
-    AlgorithmEntry(
-        "apfl",
-        "build_apfl",
-        "personal model v_k mixed with the global one as alpha v + (1 - alpha) w; "
-        "alpha (option mix) fixed (mix_lr=0) or adapted per client",
-        "Deng et al. 2020, arXiv:2003.13461",
-        lambda model, s, **engine: build_apfl(
-            model,
-            s.client_lr,
-            optax.sgd(s.server_rate(1.0)),
-            alpha=s.options["mix"],
-            alpha_learning_rate=s.options["mix_lr"],
-            population_size=s.population_size,
-            **engine,
-        ),
-        # Not 'alpha': the command line's --alpha is the synthetic task's heterogeneity.
-        options={"mix": 0.25, "mix_lr": 0.0},
-    )
-)

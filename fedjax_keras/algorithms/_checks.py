@@ -1,8 +1,10 @@
-"""Build-time checks of the algorithms' numeric hyper-parameters, with the fix in the message."""
+"""Build-time checks of the algorithms' arguments, with the fix in the message."""
 
 import math
 
 import numpy as np
+
+from fedjax_keras.aggregation import Aggregator, check_aggregator, mean
 
 
 def check_number(
@@ -40,3 +42,8 @@ def check_count(value, argument: str, *, minimum: int = 1) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or int(value) < minimum:
         raise ValueError(f"{argument} must be an integer >= {minimum}; received {value!r}.")
     return int(value)
+
+
+def aggregator_or_default(aggregator, default=mean) -> Aggregator:
+    """``aggregator`` checked, or ``default()`` when None (most algorithms: the weighted mean)."""
+    return check_aggregator(default() if aggregator is None else aggregator)

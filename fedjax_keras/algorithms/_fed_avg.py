@@ -14,86 +14,87 @@ pseudo-gradient ``-aggregate``: with ``optax.sgd(1.0)``, ``w + mean(d_k)``.
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
-from fedjax_keras.algorithms._schedules import client_optimizer_source
+from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._checks import aggregator_or_default
+from fedjax_keras.algorithms._schedules import client_optimizer_source, run_hyperparams
+from fedjax_keras.algorithms._server_step import (
+    init_server_optimizer,
+    pseudo_gradient_step,
+    server_optimizer_for,
+)
+from fedjax_keras.algorithms._weighting import (
+    ClientWeighting,
+    as_client_weighting,
+    client_weight,
+)
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
+    GradCorrection,
     TrainCarry,
     start_training,
     training_step,
 )
-from fedjax_keras.client._local_update import GradCorrection
 from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
 from fedjax_keras.models import Model, ModelWeights
-from fedjax_keras.optimizers import Optimizer, as_optimizer
 
-WEIGHTINGS = ("num_examples", "uniform")
 NON_TRAINABLE_POLICIES = ("broadcast", "average", "per_client")
 
 
-def client_weight(num_examples, weighting: str):
-    """A client's aggregation weight: its example count, or 1 if it has any examples."""
-    if weighting == "num_examples":
-        return num_examples.astype(jnp.float32)
-    return jnp.where(num_examples > 0, 1.0, 0.0)
-
-
-def default_server_optimizer(server_optimizer):
-    """``optax.sgd(1.0)`` (the server takes the clients' mean) when none is given."""
-    return optax.sgd(1.0) if server_optimizer is None else server_optimizer
-
-
-def pseudo_gradient_step(server_optimizer: Optimizer, state, mean_delta):
-    """``state`` with the server optimizer stepped on ``-mean_delta`` (trainable weights)."""
-    pseudo_gradient = jax.tree.map(jnp.negative, mean_delta)
-    trainable, optimizer_state = server_optimizer.update(
-        pseudo_gradient, state.optimizer_state, state.model.trainable
-    )
-    return state.replace(
-        model=ModelWeights(trainable, state.model.non_trainable), optimizer_state=optimizer_state
-    )
-
-
-def fed_avg_algorithm(
+def fed_avg(
     model: Model,
     client_optimizer,
-    server_optimizer,
+    server_optimizer=None,
     *,
-    weighting: str = "num_examples",
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
     non_trainable: str = "broadcast",
-    grad_correction: GradCorrection | None = None,
     aggregator: Aggregator | None = None,
     client_learning_rate_schedule=None,
-    name: str = "fed_avg",
+    grad_correction: GradCorrection | None = None,
 ) -> FederatedAlgorithm:
-    """FedAvg as a `FederatedAlgorithm`, with optional gradient correction (FedProx).
+    """Federated Averaging as a `FederatedAlgorithm` (McMahan et al. 2017, arXiv:1602.05629).
+
+    Every client starts from the server weights and runs the client
+    optimizer over its batches; the aggregator combines the deltas ``w_k -
+    w``; the server optimizer steps on ``-aggregate``. With an adaptive server
+    optimizer it is FedOpt (Reddi et al. 2021, arXiv:2003.00295:
+    ``server_optimizer=adaptive_server_optimizer('adam', 0.01)`` is FedAdam).
 
     Args:
-      model: the wrapped model.
-      client_optimizer, server_optimizer: anything `as_optimizer` accepts.
-      weighting: ``'num_examples'`` or ``'uniform'``.
+      model: from `fedjax_keras.from_keras_model`.
+      client_optimizer: optax transform, Keras optimizer, or zero-argument
+        callable returning one; with ``client_learning_rate_schedule``, a
+        function ``learning rate -> optax transform``.
+      server_optimizer: applied to the pseudo-gradient ``-aggregate``;
+        default ``optax.sgd(1.0)`` (plain averaging).
+      weighting: `ClientWeighting` (or its value): ``'num_examples'`` or ``'uniform'``.
       non_trainable: ``'broadcast'`` (server values sent to clients, left
         unchanged: TFF's behaviour), ``'average'`` (weighted mean of the clients'
         final values) or ``'per_client'`` (each client keeps its own, FedBN).
-      grad_correction: ``(grads, trainable, (broadcast, client_state)) -> grads``.
       aggregator: combines the clients' deltas (default: `mean`).
-      client_learning_rate_schedule: None, or ``round -> learning rate``;
-        then ``client_optimizer`` is ``learning rate -> optax transform``
-        (see `fedjax_keras.algorithms._schedules`).
-      name: for messages.
+      client_learning_rate_schedule: None, or ``round -> learning rate``
+        (see `build_weighted_fed_avg`).
+      grad_correction: ``(grads, trainable, (broadcast, client_state)) ->
+        grads`` applied in every local step (FedProx's proximal term); None
+        for plain FedAvg.
+
+    Returns:
+      A `FederatedAlgorithm`, for ``FederatedProcess(model, algorithm, **engine_options)``
+      or `fedjax_keras.sweep`.
+
+    Example:
+      >>> process = FederatedProcess(model, fed_avg(model, optax.sgd(0.05)), batch_size=10)
     """
     require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
+    weighting = as_client_weighting(weighting)
     check_choice(non_trainable, NON_TRAINABLE_POLICIES, "non_trainable")
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
+    delta_aggregator = aggregator_or_default(aggregator)
     template = model.initial_weights.trainable
     client_opt, broadcast_fn = client_optimizer_source(
         client_optimizer, client_learning_rate_schedule, template
     )
-    server_opt = as_optimizer(server_optimizer, template, argument="server_optimizer")
+    server_opt = server_optimizer_for(server_optimizer, template)
     averaged = non_trainable == "average"
 
     def start(broadcast, client_state) -> TrainCarry:
@@ -105,7 +106,7 @@ def fed_avg_algorithm(
             model,
             client_opt(broadcast),
             ModelWeights(server.trainable, start_non_trainable),
-            getattr(broadcast, "hyperparams", None),
+            run_hyperparams(broadcast),
         )
 
     def step(carry: TrainCarry, batch, key, broadcast, client_state) -> TrainCarry:
@@ -115,12 +116,10 @@ def fed_avg_algorithm(
     def finish(carry: TrainCarry, broadcast, client_state) -> ClientOutput:
         final = carry.weights
         delta = jax.tree.map(jnp.subtract, final.trainable, broadcast.model.trainable)
-        return ClientOutput(
-            update={"delta": delta, "non_trainable": final.non_trainable} if averaged else delta,
-            weight=client_weight(carry.num_examples, weighting),
-            metrics=carry.metrics,
-            loss_sum=carry.loss_sum,
-            num_examples=carry.num_examples,
+        return ClientOutput.from_training(
+            carry,
+            {"delta": delta, "non_trainable": final.non_trainable} if averaged else delta,
+            client_weight(carry.num_examples, weighting),
             client_state=final.non_trainable if non_trainable == "per_client" else (),
         )
 
@@ -132,10 +131,11 @@ def fed_avg_algorithm(
         weights = ModelWeights(state.model.trainable, aggregate["non_trainable"])
         return state.replace(model=weights), {}
 
+    weighted = weighting is ClientWeighting.NUM_EXAMPLES
     return FederatedAlgorithm(
-        name=name,
+        name="weighted_fed_avg" if weighted else "unweighted_fed_avg",
         client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
+        server_init=init_server_optimizer(server_opt),
         server_update=server_update,
         aggregator=(
             by_key({"delta": delta_aggregator, "non_trainable": mean()})
@@ -199,17 +199,19 @@ def build_weighted_fed_avg(
       >>> sorted(out.metrics)[:3]
       ['loss', 'num_clients', 'num_dropped_clients']
     """
-    algorithm = fed_avg_algorithm(
+    return FederatedProcess(
         model,
-        client_optimizer,
-        default_server_optimizer(server_optimizer),
-        weighting="num_examples",
-        non_trainable=non_trainable,
-        aggregator=aggregator,
-        client_learning_rate_schedule=client_learning_rate_schedule,
-        name="weighted_fed_avg",
+        fed_avg(
+            model,
+            client_optimizer,
+            server_optimizer,
+            weighting=ClientWeighting.NUM_EXAMPLES,
+            non_trainable=non_trainable,
+            aggregator=aggregator,
+            client_learning_rate_schedule=client_learning_rate_schedule,
+        ),
+        **engine_options,
     )
-    return FederatedProcess(model, algorithm, **engine_options)
 
 
 def build_unweighted_fed_avg(
@@ -226,14 +228,16 @@ def build_unweighted_fed_avg(
 
     Same arguments as `build_weighted_fed_avg`.
     """
-    algorithm = fed_avg_algorithm(
+    return FederatedProcess(
         model,
-        client_optimizer,
-        default_server_optimizer(server_optimizer),
-        weighting="uniform",
-        non_trainable=non_trainable,
-        aggregator=aggregator,
-        client_learning_rate_schedule=client_learning_rate_schedule,
-        name="unweighted_fed_avg",
+        fed_avg(
+            model,
+            client_optimizer,
+            server_optimizer,
+            weighting=ClientWeighting.UNIFORM,
+            non_trainable=non_trainable,
+            aggregator=aggregator,
+            client_learning_rate_schedule=client_learning_rate_schedule,
+        ),
+        **engine_options,
     )
-    return FederatedProcess(model, algorithm, **engine_options)

@@ -39,18 +39,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fedjax_keras._tree import tree_where
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
-from fedjax_keras.algorithms._fed_avg import (
-    WEIGHTINGS,
-    client_weight,
-    default_server_optimizer,
-    pseudo_gradient_step,
+from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
+from fedjax_keras.algorithms._schedules import (
+    client_optimizer_source,
+    init_for_run,
+    run_hyperparams,
 )
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
-from fedjax_keras.algorithms._schedules import client_optimizer_source
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
@@ -58,9 +57,8 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model, ModelWeights
-from fedjax_keras.optimizers import as_optimizer
 
 # Folded into a client's first step key for its staleness draw, apart from the
 # step's own use of the key (Dropout).
@@ -125,6 +123,120 @@ def _check_probs(max_staleness, staleness_probs) -> np.ndarray:
     return (probs / probs.sum()).astype(np.float32)
 
 
+def fed_buff(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    max_staleness: int = 4,
+    staleness_probs: Sequence[float] | None = None,
+    staleness_exponent: float = 0.5,
+    weighting: ClientWeighting | str = ClientWeighting.UNIFORM,
+    aggregator: Aggregator | None = None,
+    client_learning_rate_schedule=None,
+) -> FederatedAlgorithm:
+    """FedBuff (Nguyen et al. 2022, arXiv:2106.06639), simulated, as a `FederatedAlgorithm`.
+
+    Client ``i`` draws ``tau_i``, trains from ``x_{t - tau_i}``; the server
+    steps on ``mean_i((1 + tau_i)^(-a) (y_i - x_{t - tau_i}))`` (module docstring).
+
+    Args:
+      model: from `from_keras_model`.
+      client_optimizer: as in `fed_avg`.
+      server_optimizer: applied to ``-aggregate``; default ``optax.sgd(1.0)``.
+      max_staleness: ``S``, versions kept besides the current one.
+      staleness_probs: probabilities of ``tau = 0..S``; default uniform.
+      staleness_exponent: ``a`` in ``s(tau) = (1 + tau)^(-a)``, >= 0.
+      weighting: `ClientWeighting` (or its value); uniform is the paper's ``1/K``.
+      aggregator: combines the weighted deltas (default: the mean).
+      client_learning_rate_schedule: see `build_weighted_fed_avg`.
+
+    Example:
+      >>> process = FederatedProcess(model, fed_buff(model, optax.sgd(0.05)), batch_size=10)
+    """
+    require_model(model)
+    weighting = as_client_weighting(weighting)
+    probs = jnp.asarray(_check_probs(max_staleness, staleness_probs))
+    exponent = check_number(staleness_exponent, "staleness_exponent", minimum=0.0)
+    stale = int(max_staleness)
+    template = model.initial_weights.trainable
+    client_opt, broadcast_fn = client_optimizer_source(
+        client_optimizer, client_learning_rate_schedule, template
+    )
+    server_opt = server_optimizer_for(server_optimizer, template)
+    delta_aggregator = aggregator_or_default(aggregator)
+
+    def version(current, older, tau):
+        if stale == 0:
+            return current
+        index = jnp.clip(tau - 1, 0, stale - 1)
+        return jax.tree.map(lambda c, o: jnp.where(tau == 0, c, o[index]), current, older)
+
+    def start(broadcast, client_state) -> BuffCarry:
+        optimizer = client_opt(broadcast)
+        train = start_training(model, optimizer, broadcast.model, run_hyperparams(broadcast))
+        return BuffCarry(train, jnp.array(-1, jnp.int32), broadcast.model.trainable)
+
+    def step(carry: BuffCarry, batch, key, broadcast, client_state) -> BuffCarry:
+        buffer: FedBuffState = broadcast.algorithm_state
+        optimizer = client_opt(broadcast)
+        # The first step (step 0 of every client) draws tau and moves to that version.
+        first = carry.staleness < 0
+        drawn = draw_staleness(jax.random.fold_in(key, _STALENESS_STREAM), probs, buffer.num_older)
+        tau = jnp.where(first, drawn, carry.staleness)
+        stale_weights = version(broadcast.model.trainable, buffer.older, tau)
+        start_weights = tree_where(first, stale_weights, carry.start)
+        train = carry.train._replace(
+            weights=ModelWeights(
+                tree_where(first, stale_weights, carry.train.weights.trainable),
+                carry.train.weights.non_trainable,
+            ),
+            optimizer_state=tree_where(
+                first,
+                init_for_run(optimizer, stale_weights, broadcast),
+                carry.train.optimizer_state,
+            ),
+        )
+        train = training_step(model, optimizer)(train, batch, key, broadcast, client_state)
+        return BuffCarry(train, tau, start_weights)
+
+    def finish(carry: BuffCarry, broadcast, client_state) -> ClientOutput:
+        train = carry.train
+        tau = jnp.maximum(carry.staleness, 0)
+        scale = staleness_weight(tau, exponent)
+        delta = jax.tree.map(lambda y, x: scale * (y - x), train.weights.trainable, carry.start)
+        return ClientOutput.from_training(
+            train,
+            {"delta": delta, "staleness": tau.astype(jnp.float32)},
+            client_weight(train.num_examples, weighting),
+            report={"staleness": tau},
+        )
+
+    def server_init(weights):
+        older = jax.tree.map(lambda w: jnp.zeros((stale,) + w.shape, w.dtype), weights.trainable)
+        return server_opt.init(weights.trainable), FedBuffState(older, jnp.zeros((), jnp.int32))
+
+    def server_update(state, aggregate, key):
+        del key
+        buffer: FedBuffState = state.algorithm_state
+        current = state.model.trainable
+        older = jax.tree.map(
+            lambda c, o: jnp.concatenate([c[None], o[:-1]]) if stale else o, current, buffer.older
+        )
+        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
+        new_buffer = FedBuffState(older, jnp.minimum(buffer.num_older + 1, stale))
+        return state.replace(algorithm_state=new_buffer), {"mean_staleness": aggregate["staleness"]}
+
+    return FederatedAlgorithm(
+        name="fed_buff",
+        client_program=ClientProgram(start, step, finish),
+        server_init=server_init,
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "staleness": mean()}),
+        broadcast=broadcast_fn,
+    )
+
+
 def build_fed_buff(
     model: Model,
     client_optimizer,
@@ -169,111 +281,15 @@ def build_fed_buff(
     Example:
       >>> process = build_fed_buff(model, optax.sgd(0.05), max_staleness=4, batch_size=10)
     """
-    require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
-    probs = jnp.asarray(_check_probs(max_staleness, staleness_probs))
-    if (
-        isinstance(staleness_exponent, bool)
-        or not isinstance(staleness_exponent, (int, float))
-        or not staleness_exponent >= 0
-    ):
-        raise ValueError(f"staleness_exponent must be >= 0; received {staleness_exponent!r}.")
-    exponent = float(staleness_exponent)
-    stale = int(max_staleness)
-    template = model.initial_weights.trainable
-    client_opt, broadcast_fn = client_optimizer_source(
-        client_optimizer, client_learning_rate_schedule, template
-    )
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
-
-    def version(current, older, tau):
-        if stale == 0:
-            return current
-        index = jnp.clip(tau - 1, 0, stale - 1)
-        return jax.tree.map(lambda c, o: jnp.where(tau == 0, c, o[index]), current, older)
-
-    def start(broadcast, client_state) -> BuffCarry:
-        train = start_training(model, client_opt(broadcast), broadcast.model)
-        return BuffCarry(train, jnp.array(-1, jnp.int32), broadcast.model.trainable)
-
-    def step(carry: BuffCarry, batch, key, broadcast, client_state) -> BuffCarry:
-        buffer: FedBuffState = broadcast.algorithm_state
-        optimizer = client_opt(broadcast)
-        # The first step (step 0 of every client) draws tau and moves to that version.
-        first = carry.staleness < 0
-        drawn = draw_staleness(jax.random.fold_in(key, _STALENESS_STREAM), probs, buffer.num_older)
-        tau = jnp.where(first, drawn, carry.staleness)
-        stale_weights = version(broadcast.model.trainable, buffer.older, tau)
-        start_weights = tree_where(first, stale_weights, carry.start)
-        train = carry.train._replace(
-            weights=ModelWeights(
-                tree_where(first, stale_weights, carry.train.weights.trainable),
-                carry.train.weights.non_trainable,
-            ),
-            optimizer_state=tree_where(
-                first, optimizer.init(stale_weights), carry.train.optimizer_state
-            ),
-        )
-        train = training_step(model, optimizer)(train, batch, key, broadcast, client_state)
-        return BuffCarry(train, tau, start_weights)
-
-    def finish(carry: BuffCarry, broadcast, client_state) -> ClientOutput:
-        train = carry.train
-        tau = jnp.maximum(carry.staleness, 0)
-        scale = staleness_weight(tau, exponent)
-        delta = jax.tree.map(lambda y, x: scale * (y - x), train.weights.trainable, carry.start)
-        return ClientOutput(
-            update={"delta": delta, "staleness": tau.astype(jnp.float32)},
-            weight=client_weight(train.num_examples, weighting),
-            metrics=train.metrics,
-            loss_sum=train.loss_sum,
-            num_examples=train.num_examples,
-            report={"staleness": tau},
-        )
-
-    def server_init(weights):
-        older = jax.tree.map(lambda w: jnp.zeros((stale,) + w.shape, w.dtype), weights.trainable)
-        return server_opt.init(weights.trainable), FedBuffState(older, jnp.zeros((), jnp.int32))
-
-    def server_update(state, aggregate, key):
-        del key
-        buffer: FedBuffState = state.algorithm_state
-        current = state.model.trainable
-        older = jax.tree.map(
-            lambda c, o: jnp.concatenate([c[None], o[:-1]]) if stale else o, current, buffer.older
-        )
-        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
-        new_buffer = FedBuffState(older, jnp.minimum(buffer.num_older + 1, stale))
-        return state.replace(algorithm_state=new_buffer), {"mean_staleness": aggregate["staleness"]}
-
-    algorithm = FederatedAlgorithm(
-        name="fed_buff",
-        client_program=ClientProgram(start, step, finish),
-        server_init=server_init,
-        server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "staleness": mean()}),
-        broadcast=broadcast_fn,
+    algorithm = fed_buff(
+        model,
+        client_optimizer,
+        server_optimizer,
+        max_staleness=max_staleness,
+        staleness_probs=staleness_probs,
+        staleness_exponent=staleness_exponent,
+        weighting=weighting,
+        aggregator=aggregator,
+        client_learning_rate_schedule=client_learning_rate_schedule,
     )
     return FederatedProcess(model, algorithm, **engine_options)
-
-
-register(
-    AlgorithmEntry(
-        "fedbuff",
-        "build_fed_buff",
-        "simulated buffered async: clients start from stale versions, (1+tau)^-a weighted",
-        "Nguyen et al. 2022, arXiv:2106.06639",
-        lambda model, s, **engine: build_fed_buff(
-            model,
-            optax.sgd(s.client_lr),
-            optax.sgd(s.server_rate(1.0)),
-            max_staleness=int(s.options["max_staleness"]),
-            staleness_exponent=float(s.options["staleness_exponent"]),
-            **engine,
-        ),
-        options={"max_staleness": 4, "staleness_exponent": 0.5},
-    )
-)

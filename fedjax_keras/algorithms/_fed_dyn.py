@@ -26,18 +26,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
-from fedjax_keras.algorithms._fed_avg import (
-    WEIGHTINGS,
-    client_weight,
-    default_server_optimizer,
-    pseudo_gradient_step,
-)
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
-from fedjax_keras.algorithms._schedules import client_optimizer_source
+from fedjax_keras.algorithms._checks import aggregator_or_default
+from fedjax_keras.algorithms._schedules import client_optimizer_source, run_hyperparams
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
@@ -45,9 +40,8 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
-from fedjax_keras.optimizers import as_optimizer
 
 
 class FedDynState(NamedTuple):
@@ -58,6 +52,104 @@ class FedDynState(NamedTuple):
     """
 
     h: object
+
+
+def fed_dyn(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    alpha: float = 0.01,
+    weighting: ClientWeighting | str = ClientWeighting.UNIFORM,
+    aggregator: Aggregator | None = None,
+    client_learning_rate_schedule=None,
+) -> FederatedAlgorithm:
+    """FedDyn (Acar et al. 2021, arXiv:2111.04263) as a `FederatedAlgorithm`.
+
+    The rule is in the module docstring. ``m``, the population size, is the
+    rows of the state's client table: the engine option ``population_size``
+    of the `FederatedProcess` that runs it (None: the first cohort's).
+
+    Args:
+      model: from `from_keras_model`.
+      client_optimizer: the local solver (as in `fed_avg`).
+      server_optimizer: applied to ``-(mean(y_k - x) - h / alpha)``; default ``optax.sgd(1.0)``.
+      alpha: the regularisation strength, > 0.
+      weighting: for ``mean(y_k)``: `ClientWeighting` (or its value); uniform is the paper's.
+      aggregator: combines the deltas ``y_k - x`` into the mean (default: the weighted mean).
+      client_learning_rate_schedule: see `build_weighted_fed_avg`.
+
+    Example:
+      >>> process = FederatedProcess(model, fed_dyn(model, optax.sgd(0.05), alpha=0.01),
+      ...                            population_size=data.num_clients, batch_size=10)
+    """
+    require_model(model)
+    weighting = as_client_weighting(weighting)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(
+            f"alpha must be a number > 0 (FedDyn divides by it); received {alpha!r}. For "
+            "local training without the dynamic regulariser use build_weighted_fed_avg."
+        )
+    alpha = float(alpha)
+    template = model.initial_weights.trainable
+    client_opt, broadcast_fn = client_optimizer_source(
+        client_optimizer, client_learning_rate_schedule, template
+    )
+    server_opt = server_optimizer_for(server_optimizer, template)
+    delta_aggregator = aggregator_or_default(aggregator)
+
+    def dynamic(grads, trainable, context):
+        broadcast, gradient_state = context
+        return jax.tree.map(
+            lambda g, gk, y, x: g - gk + alpha * (y - x),
+            grads,
+            gradient_state,
+            trainable,
+            broadcast.model.trainable,
+        )
+
+    def start(broadcast, gradient_state) -> TrainCarry:
+        return start_training(
+            model, client_opt(broadcast), broadcast.model, run_hyperparams(broadcast)
+        )
+
+    def step(carry: TrainCarry, batch, key, broadcast, gradient_state) -> TrainCarry:
+        local = training_step(model, client_opt(broadcast), dynamic)
+        return local(carry, batch, key, broadcast, gradient_state)
+
+    def finish(carry: TrainCarry, broadcast, gradient_state) -> ClientOutput:
+        delta = jax.tree.map(jnp.subtract, carry.weights.trainable, broadcast.model.trainable)
+        return ClientOutput.from_training(
+            carry,
+            {"delta": delta, "sum": delta},
+            client_weight(carry.num_examples, weighting),
+            client_state=jax.tree.map(lambda gk, d: gk - alpha * d, gradient_state, delta),
+        )
+
+    def server_update(state, aggregate, key):
+        del key
+        population = state.client_states.population_size
+        h = jax.tree.map(
+            lambda h, s: h - alpha / population * s, state.algorithm_state.h, aggregate["sum"]
+        )
+        step = jax.tree.map(lambda d, h: d - h / alpha, aggregate["delta"], h)
+        state = pseudo_gradient_step(server_opt, state, step)
+        norm = jnp.sqrt(jax.tree.reduce(jnp.add, jax.tree.map(lambda a: jnp.sum(a**2), h)))
+        return state.replace(algorithm_state=FedDynState(h)), {"h_norm": norm}
+
+    zeros = lambda weights: jax.tree.map(jnp.zeros_like, weights.trainable)  # noqa: E731
+    return FederatedAlgorithm(
+        name="fed_dyn",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: (
+            server_opt.init(weights.trainable),
+            FedDynState(zeros(weights)),
+        ),
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "sum": sum_aggregator()}),
+        broadcast=broadcast_fn,
+        client_state_init=zeros,
+    )
 
 
 def build_fed_dyn(
@@ -98,92 +190,13 @@ def build_fed_dyn(
       >>> process = build_fed_dyn(model, optax.sgd(0.05), alpha=0.01, batch_size=10,
       ...     population_size=data.num_clients)
     """
-    require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(
-            f"alpha must be a number > 0 (FedDyn divides by it); received {alpha!r}. For "
-            "local training without the dynamic regulariser use build_weighted_fed_avg."
-        )
-    alpha = float(alpha)
-    template = model.initial_weights.trainable
-    client_opt, broadcast_fn = client_optimizer_source(
-        client_optimizer, client_learning_rate_schedule, template
-    )
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
-
-    def dynamic(grads, trainable, context):
-        broadcast, gradient_state = context
-        return jax.tree.map(
-            lambda g, gk, y, x: g - gk + alpha * (y - x),
-            grads,
-            gradient_state,
-            trainable,
-            broadcast.model.trainable,
-        )
-
-    def start(broadcast, gradient_state) -> TrainCarry:
-        return start_training(model, client_opt(broadcast), broadcast.model)
-
-    def step(carry: TrainCarry, batch, key, broadcast, gradient_state) -> TrainCarry:
-        local = training_step(model, client_opt(broadcast), dynamic)
-        return local(carry, batch, key, broadcast, gradient_state)
-
-    def finish(carry: TrainCarry, broadcast, gradient_state) -> ClientOutput:
-        delta = jax.tree.map(jnp.subtract, carry.weights.trainable, broadcast.model.trainable)
-        return ClientOutput(
-            update={"delta": delta, "sum": delta},
-            weight=client_weight(carry.num_examples, weighting),
-            metrics=carry.metrics,
-            loss_sum=carry.loss_sum,
-            num_examples=carry.num_examples,
-            client_state=jax.tree.map(lambda gk, d: gk - alpha * d, gradient_state, delta),
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        population = state.client_states.population_size
-        h = jax.tree.map(
-            lambda h, s: h - alpha / population * s, state.algorithm_state.h, aggregate["sum"]
-        )
-        step = jax.tree.map(lambda d, h: d - h / alpha, aggregate["delta"], h)
-        state = pseudo_gradient_step(server_opt, state, step)
-        norm = jnp.sqrt(jax.tree.reduce(jnp.add, jax.tree.map(lambda a: jnp.sum(a**2), h)))
-        return state.replace(algorithm_state=FedDynState(h)), {"h_norm": norm}
-
-    zeros = lambda weights: jax.tree.map(jnp.zeros_like, weights.trainable)  # noqa: E731
-    algorithm = FederatedAlgorithm(
-        name="fed_dyn",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: (
-            server_opt.init(weights.trainable),
-            FedDynState(zeros(weights)),
-        ),
-        server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "sum": sum_aggregator()}),
-        broadcast=broadcast_fn,
-        client_state_init=zeros,
+    algorithm = fed_dyn(
+        model,
+        client_optimizer,
+        server_optimizer,
+        alpha=alpha,
+        weighting=weighting,
+        aggregator=aggregator,
+        client_learning_rate_schedule=client_learning_rate_schedule,
     )
     return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)
-
-
-register(
-    AlgorithmEntry(
-        "feddyn",
-        "build_fed_dyn",
-        "local loss - <g_k, w> + alpha/2 ||w - w_server||^2 (g_k per client), server drift h",
-        "Acar et al. 2021, arXiv:2111.04263",
-        lambda model, s, **engine: build_fed_dyn(
-            model,
-            optax.sgd(s.client_lr),
-            optax.sgd(s.server_rate(1.0)),
-            alpha=float(s.options["alpha"]),
-            population_size=s.population_size,
-            **engine,
-        ),
-        options={"alpha": 0.01},
-    )
-)

@@ -12,9 +12,52 @@ from fedjax_keras.algorithms._client_distribution import (
     add_host_metric,
     client_percentiles,
 )
-from fedjax_keras.client import ClientOutput, ClientProgram
+from fedjax_keras.algorithms._metric_sums import add_batch, empty_sums, finalize_sums
+from fedjax_keras.client import ClientOutput, ClientProgram, with_float_mask
 from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
+
+
+def fed_eval(model: Model, *, per_client: bool = False) -> FederatedAlgorithm:
+    """Federated evaluation (TFF's ``build_fed_eval``) as a `FederatedAlgorithm`.
+
+    Every client scores the broadcast model on its data (inference mode); the
+    unfinalized metric sums are added over clients and finalized once; the
+    state's model never changes. Run it with ``epochs=1``, unshuffled.
+
+    Args:
+      model: from `from_keras_model`.
+      per_client: also report every client's own loss, metrics and example
+        count (``clients/loss``, ... arrays [cohort]); `build_fed_eval` adds
+        their percentiles (`client_percentiles` as a ``host_metrics`` option).
+
+    Example:
+      >>> evaluate = FederatedProcess(model, fed_eval(model), shuffle=False, batch_size=10)
+    """
+    if not isinstance(per_client, bool):
+        raise TypeError(f"per_client must be True or False; received {per_client!r}.")
+    require_model(model)
+
+    def start(broadcast, client_state):
+        return empty_sums(model)
+
+    def step(sums, batch, key, broadcast, client_state):
+        return add_batch(model, sums, broadcast.model, with_float_mask(batch))
+
+    def finish(sums, broadcast, client_state) -> ClientOutput:
+        report = ()
+        if per_client:
+            # A client without examples has no loss or accuracy: NaN, not 0.
+            report = {**finalize_sums(model, sums), "num_examples": sums.num_examples}
+        weight = sums.num_examples.astype(jnp.float32)
+        return ClientOutput.from_training(sums, (), weight, report=report)
+
+    return FederatedAlgorithm(
+        name="fed_eval",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: ((), ()),
+        server_update=lambda state, aggregate, key: (state, {}),
+    )
 
 
 def build_fed_eval(
@@ -45,7 +88,6 @@ def build_fed_eval(
     """
     if not isinstance(per_client, bool):
         raise TypeError(f"per_client must be True or False; received {per_client!r}.")
-    require_model(model)
     options = {"shuffle": False, **engine_options}
     if per_client:
         options = add_host_metric(options, client_percentiles(percentiles=percentiles))
@@ -53,44 +95,4 @@ def build_fed_eval(
         raise ValueError(
             f"Evaluation reads each example once; epochs must be 1, not {options.get('epochs')}."
         )
-
-    def start(broadcast, client_state):
-        return (model.init_metrics(), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-
-    def step(carry, batch, key, broadcast, client_state):
-        metrics, loss_sum, num_examples = carry
-        batch = {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
-        output = model.forward_pass(broadcast.model, batch, training=False)
-        count = output.num_examples.astype(jnp.float32)
-        return (
-            model.update_metrics(metrics, batch, output.predictions, output.output_masks),
-            loss_sum + jnp.where(count > 0, output.loss * count, 0.0),
-            num_examples + output.num_examples,
-        )
-
-    def finish(carry, broadcast, client_state) -> ClientOutput:
-        metrics, loss_sum, num_examples = carry
-        report = ()
-        if per_client:
-            # A client without examples has no loss or accuracy: NaN, not 0.
-            has = num_examples > 0
-            finalized = model.finalize_metrics(metrics)
-            report = {name: jnp.where(has, value, jnp.nan) for name, value in finalized.items()}
-            report["loss"] = jnp.where(has, loss_sum / jnp.maximum(num_examples, 1), jnp.nan)
-            report["num_examples"] = num_examples
-        return ClientOutput(
-            update=(),
-            weight=num_examples.astype(jnp.float32),
-            metrics=metrics,
-            loss_sum=loss_sum,
-            num_examples=num_examples,
-            report=report,
-        )
-
-    algorithm = FederatedAlgorithm(
-        name="fed_eval",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: ((), ()),
-        server_update=lambda state, aggregate, key: (state, {}),
-    )
-    return FederatedProcess(model, algorithm, **options)
+    return FederatedProcess(model, fed_eval(model, per_client=per_client), **options)

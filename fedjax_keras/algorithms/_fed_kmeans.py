@@ -24,48 +24,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_keras.aggregation import Aggregator, check_aggregator
+from fedjax_keras.aggregation import Aggregator
 from fedjax_keras.aggregation import sum as sum_aggregator
-from fedjax_keras.algorithms._checks import check_count
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_count
 from fedjax_keras.client import ClientOutput, ClientProgram
 from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess
-from fedjax_keras.models import ModelWeights
+from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.models._centroids import CENTROIDS_PATH, centroid_model
 
 
-def build_fed_kmeans(
-    num_clusters: int,
-    data_shape: Sequence[int],
-    *,
-    random_seed: int = 0,
-    initial_centroids=None,
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
-    """Federated k-means (TFF's ``build_fed_kmeans``): centroids as the server state.
+def kmeans_model(
+    num_clusters: int, data_shape: Sequence[int], *, random_seed: int = 0, initial_centroids=None
+) -> Model:
+    """The `Model` whose only weight is ``k`` centroids [k, *data_shape], for `fed_kmeans`.
 
     Args:
       num_clusters: ``k``.
-      data_shape: the shape of one input (``data.examples['x'].shape[1:]``);
-        inputs are flattened for the distances.
+      data_shape: the shape of one input (``data.examples['x'].shape[1:]``).
       random_seed: the initial centroids are ``N(0, 1)`` draws from it (TFF's).
       initial_centroids: float [k, *data_shape] instead (e.g. k of the points).
-      aggregator: adds the clients' ``{'sums', 'counts'}`` (default: the sum).
-      **engine_options: batch_size, chunk_size, runner, ... (see
-        `build_weighted_fed_avg`; ``epochs`` > 1 counts every point that many times).
-
-    Returns:
-      A `FederatedProcess`; ``process.model`` is the k-means model (its
-      ``apply`` gives ``-squared distances`` [batch, k]). Round metrics:
-      ``loss`` (the k-means cost), ``num_examples``, ``cluster_counts`` ([k],
-      the round's points per centroid).
-
-    Example:
-      >>> process = build_fed_kmeans(3, data.examples["x"].shape[1:], batch_size=50)
-      >>> state = process.initialize()
-      >>> state = process.next(state, data.sample_clients(10, seed=0)).state
-      >>> state.model.trainable["centroids/centroids"].shape[0]
-      3
     """
     k = check_count(num_clusters, "num_clusters")
     shape = tuple(int(d) for d in data_shape)
@@ -78,8 +55,35 @@ def build_fed_kmeans(
                 f"initial_centroids must have shape (num_clusters, *data_shape) = {(k, *shape)}; "
                 f"received {initial.shape}."
             )
-    model = centroid_model(initial)
-    point_sums = check_aggregator(sum_aggregator() if aggregator is None else aggregator)
+    return centroid_model(initial)
+
+
+def fed_kmeans(model: Model, *, aggregator: Aggregator | None = None) -> FederatedAlgorithm:
+    """Federated k-means (TFF's ``build_fed_kmeans``) as a `FederatedAlgorithm`.
+
+    ``c_j <- (w_j c_j + s_j) / (w_j + n_j)`` (module docstring).
+
+    Args:
+      model: from `kmeans_model` (its weight is the centroids).
+      aggregator: adds the clients' ``{'sums', 'counts'}`` (default: the sum).
+
+    Raises:
+      TypeError: a model that is not a `kmeans_model`.
+
+    Example:
+      >>> model = kmeans_model(3, data.examples["x"].shape[1:])
+      >>> process = FederatedProcess(model, fed_kmeans(model), batch_size=50)
+    """
+    centroids = getattr(model, "initial_weights", None)
+    centroids = None if centroids is None else centroids.trainable.get(CENTROIDS_PATH)
+    if not isinstance(model, Model) or centroids is None:
+        raise TypeError(
+            "fed_kmeans runs on the centroids model: pass "
+            "kmeans_model(num_clusters, data_shape); received "
+            f"{type(model).__name__}."
+        )
+    k, *shape = centroids.shape
+    point_sums = aggregator_or_default(aggregator, default=sum_aggregator)
 
     def start(broadcast, client_state):
         zero = jnp.zeros((), jnp.float32)
@@ -122,11 +126,50 @@ def build_fed_kmeans(
             "cluster_counts": counts.astype(jnp.int32)
         }
 
-    algorithm = FederatedAlgorithm(
+    return FederatedAlgorithm(
         name="fed_kmeans",
         client_program=ClientProgram(start, step, finish),
         server_init=lambda weights: ((), jnp.ones((k,), jnp.float32)),
         server_update=server_update,
         aggregator=point_sums,
     )
-    return FederatedProcess(model, algorithm, **engine_options)
+
+
+def build_fed_kmeans(
+    num_clusters: int,
+    data_shape: Sequence[int],
+    *,
+    random_seed: int = 0,
+    initial_centroids=None,
+    aggregator: Aggregator | None = None,
+    **engine_options,
+) -> FederatedProcess:
+    """Federated k-means (TFF's ``build_fed_kmeans``): centroids as the server state.
+
+    Args:
+      num_clusters: ``k``.
+      data_shape: the shape of one input (``data.examples['x'].shape[1:]``);
+        inputs are flattened for the distances.
+      random_seed: the initial centroids are ``N(0, 1)`` draws from it (TFF's).
+      initial_centroids: float [k, *data_shape] instead (e.g. k of the points).
+      aggregator: adds the clients' ``{'sums', 'counts'}`` (default: the sum).
+      **engine_options: batch_size, chunk_size, runner, ... (see
+        `build_weighted_fed_avg`; ``epochs`` > 1 counts every point that many times).
+
+    Returns:
+      A `FederatedProcess`; ``process.model`` is the k-means model (its
+      ``apply`` gives ``-squared distances`` [batch, k]). Round metrics:
+      ``loss`` (the k-means cost), ``num_examples``, ``cluster_counts`` ([k],
+      the round's points per centroid).
+
+    Example:
+      >>> process = build_fed_kmeans(3, data.examples["x"].shape[1:], batch_size=50)
+      >>> state = process.initialize()
+      >>> state = process.next(state, data.sample_clients(10, seed=0)).state
+      >>> state.model.trainable["centroids/centroids"].shape[0]
+      3
+    """
+    model = kmeans_model(
+        num_clusters, data_shape, random_seed=random_seed, initial_centroids=initial_centroids
+    )
+    return FederatedProcess(model, fed_kmeans(model, aggregator=aggregator), **engine_options)

@@ -29,15 +29,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
-from fedjax_keras.algorithms._fed_avg import (
-    WEIGHTINGS,
-    client_weight,
-    default_server_optimizer,
-    pseudo_gradient_step,
-)
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
+from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._checks import aggregator_or_default
+from fedjax_keras.algorithms._fed_prox import proximal_term
 from fedjax_keras.algorithms._schedules import client_optimizer_source
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
@@ -45,9 +42,8 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
-from fedjax_keras.optimizers import as_optimizer
 
 
 def solver_norm(num_steps, learning_rate, momentum: float, mu: float) -> jax.Array:
@@ -86,6 +82,85 @@ def _check(value, name, low, high=None):
     return float(value)
 
 
+def fed_nova(
+    model: Model,
+    client_learning_rate,
+    server_optimizer=None,
+    *,
+    momentum: float = 0.0,
+    mu: float = 0.0,
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """FedNova (Wang et al. 2020, arXiv:2007.07481) as a `FederatedAlgorithm`.
+
+    ``x <- x + tau_eff * sum_i p_i (y_i - x) / ||a_i||_1`` (module docstring).
+
+    Args:
+      model: from `from_keras_model`.
+      client_learning_rate: the local SGD rate ``lr``: a float, or an optax
+        schedule ``round -> rate``.
+      server_optimizer: applied to ``-tau_eff * mean(d_i)``; default ``optax.sgd(1.0)``.
+      momentum: local SGD momentum ``rho`` in [0, 1).
+      mu: local proximal strength (FedProx), >= 0.
+      weighting: ``p_i``, a `ClientWeighting` (or its value).
+      aggregator: combines the normalised updates ``d_i`` (default: the weighted mean).
+
+    Example:
+      >>> process = FederatedProcess(model, fed_nova(model, 0.05), batch_size=10)
+    """
+    require_model(model)
+    weighting = as_client_weighting(weighting)
+    momentum = _check(momentum, "momentum", 0.0, 1.0)
+    mu = _check(mu, "mu", 0.0)
+    if not callable(client_learning_rate):
+        _check(client_learning_rate, "client_learning_rate", 0.0)
+    schedule = client_learning_rate if callable(client_learning_rate) else None
+    rate_at = schedule if schedule is not None else (lambda round_num: client_learning_rate)
+    make_sgd = lambda lr: optax.sgd(lr, momentum=momentum or None)  # noqa: E731
+    template = model.initial_weights.trainable
+    client_opt, broadcast_fn = client_optimizer_source(
+        make_sgd if schedule is not None else make_sgd(client_learning_rate), schedule, template
+    )
+    server_opt = server_optimizer_for(server_optimizer, template)
+    delta_aggregator = aggregator_or_default(aggregator)
+    proximal = proximal_term(mu)
+
+    def start(broadcast, client_state) -> TrainCarry:
+        return start_training(model, client_opt(broadcast), broadcast.model)
+
+    def step(carry: TrainCarry, batch, key, broadcast, client_state) -> TrainCarry:
+        local = training_step(model, client_opt(broadcast), proximal if mu else None)
+        return local(carry, batch, key, broadcast, client_state)
+
+    def finish(carry: TrainCarry, broadcast, client_state) -> ClientOutput:
+        round_num = getattr(broadcast, "round_num", 0)
+        norm = solver_norm(carry.num_steps, rate_at(round_num), momentum, mu)
+        safe = jnp.where(norm > 0, norm, 1.0)
+        normalised = jax.tree.map(
+            lambda y, x: jnp.where(norm > 0, (y - x) / safe, 0.0),
+            carry.weights.trainable,
+            broadcast.model.trainable,
+        )
+        weight = client_weight(carry.num_examples, weighting)
+        return ClientOutput.from_training(carry, {"normalized": normalised, "norm": norm}, weight)
+
+    def server_update(state, aggregate, key):
+        del key
+        tau_eff = aggregate["norm"]
+        delta = jax.tree.map(lambda d: tau_eff * d, aggregate["normalized"])
+        return pseudo_gradient_step(server_opt, state, delta), {"tau_eff": tau_eff}
+
+    return FederatedAlgorithm(
+        name="fed_nova",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
+        server_update=server_update,
+        aggregator=by_key({"normalized": delta_aggregator, "norm": mean()}),
+        broadcast=broadcast_fn,
+    )
+
+
 def build_fed_nova(
     model: Model,
     client_learning_rate,
@@ -122,85 +197,13 @@ def build_fed_nova(
     Example:
       >>> process = build_fed_nova(model, 0.05, batch_size=10)
     """
-    require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
-    momentum = _check(momentum, "momentum", 0.0, 1.0)
-    mu = _check(mu, "mu", 0.0)
-    if not callable(client_learning_rate):
-        _check(client_learning_rate, "client_learning_rate", 0.0)
-    schedule = client_learning_rate if callable(client_learning_rate) else None
-    rate_at = schedule if schedule is not None else (lambda round_num: client_learning_rate)
-    make_sgd = lambda lr: optax.sgd(lr, momentum=momentum or None)  # noqa: E731
-    template = model.initial_weights.trainable
-    client_opt, broadcast_fn = client_optimizer_source(
-        make_sgd if schedule is not None else make_sgd(client_learning_rate), schedule, template
-    )
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
-
-    def proximal(grads, trainable, context):
-        broadcast, _ = context
-        return jax.tree.map(
-            lambda g, w, w0: g + mu * (w - w0), grads, trainable, broadcast.model.trainable
-        )
-
-    def start(broadcast, client_state) -> TrainCarry:
-        return start_training(model, client_opt(broadcast), broadcast.model)
-
-    def step(carry: TrainCarry, batch, key, broadcast, client_state) -> TrainCarry:
-        local = training_step(model, client_opt(broadcast), proximal if mu else None)
-        return local(carry, batch, key, broadcast, client_state)
-
-    def finish(carry: TrainCarry, broadcast, client_state) -> ClientOutput:
-        round_num = getattr(broadcast, "round_num", 0)
-        norm = solver_norm(carry.num_steps, rate_at(round_num), momentum, mu)
-        safe = jnp.where(norm > 0, norm, 1.0)
-        normalised = jax.tree.map(
-            lambda y, x: jnp.where(norm > 0, (y - x) / safe, 0.0),
-            carry.weights.trainable,
-            broadcast.model.trainable,
-        )
-        return ClientOutput(
-            update={"normalized": normalised, "norm": norm},
-            weight=client_weight(carry.num_examples, weighting),
-            metrics=carry.metrics,
-            loss_sum=carry.loss_sum,
-            num_examples=carry.num_examples,
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        tau_eff = aggregate["norm"]
-        delta = jax.tree.map(lambda d: tau_eff * d, aggregate["normalized"])
-        return pseudo_gradient_step(server_opt, state, delta), {"tau_eff": tau_eff}
-
-    algorithm = FederatedAlgorithm(
-        name="fed_nova",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
-        server_update=server_update,
-        aggregator=by_key({"normalized": delta_aggregator, "norm": mean()}),
-        broadcast=broadcast_fn,
+    algorithm = fed_nova(
+        model,
+        client_learning_rate,
+        server_optimizer,
+        momentum=momentum,
+        mu=mu,
+        weighting=weighting,
+        aggregator=aggregator,
     )
     return FederatedProcess(model, algorithm, **engine_options)
-
-
-register(
-    AlgorithmEntry(
-        "fednova",
-        "build_fed_nova",
-        "normalised averaging: each delta divided by its local steps, rescaled by their mean",
-        "Wang et al. 2020, arXiv:2007.07481",
-        lambda model, s, **engine: build_fed_nova(
-            model,
-            s.client_lr,
-            optax.sgd(s.server_rate(1.0)),
-            momentum=float(s.options["momentum"]),
-            mu=float(s.options["mu"]),
-            **engine,
-        ),
-        options={"momentum": 0.0, "mu": 0.0},
-    )
-)

@@ -16,6 +16,10 @@ correction and FedAdagrad has the momentum ``beta1`` too: the paper's rule,
 with its defaults ``beta1 = 0.9``, ``beta2 = 0.99``, ``tau = 1e-3``. The
 server learning rate may be an optax schedule: it is indexed by the number of
 applied server updates (the round, unless rounds were skipped).
+
+As a `FederatedAlgorithm`, FedAdam is FedAvg with this server step:
+``fed_avg(model, client_optimizer, adaptive_server_optimizer('adam', 0.01))``;
+the builders below are that, named ``fed_adam`` / ``fed_yogi`` / ``fed_adagrad``.
 """
 
 from typing import Any, NamedTuple
@@ -25,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_keras.aggregation import Aggregator
-from fedjax_keras.algorithms._fed_avg import fed_avg_algorithm
+from fedjax_keras.algorithms._fed_avg import fed_avg
 from fedjax_keras.engine import FederatedProcess
 from fedjax_keras.models import Model
 
@@ -103,31 +107,22 @@ def adaptive_server_optimizer(
     return optax.GradientTransformation(init, update)
 
 
-def _build(
-    kind,
-    model,
-    client_optimizer,
-    server_learning_rate,
-    beta1,
-    beta2,
-    tau,
-    weighting,
-    non_trainable,
-    aggregator,
-    client_learning_rate_schedule,
-    engine_options,
-):
-    algorithm = fed_avg_algorithm(
+def _fed_opt_process(kind, model, client_optimizer, server_optimizer, fed_avg_args, engine):
+    """FedAvg with the paper's server step: `fed_avg`, named ``fed_<kind>``, as a process.
+
+    ``fed_avg_args``: ``(weighting, non_trainable, aggregator, client_learning_rate_schedule)``.
+    """
+    weighting, non_trainable, aggregator, schedule = fed_avg_args
+    algorithm = fed_avg(
         model,
         client_optimizer,
-        adaptive_server_optimizer(kind, server_learning_rate, beta1, beta2, tau),
+        server_optimizer,
         weighting=weighting,
         non_trainable=non_trainable,
         aggregator=aggregator,
-        client_learning_rate_schedule=client_learning_rate_schedule,
-        name=f"fed_{kind}",
+        client_learning_rate_schedule=schedule,
     )
-    return FederatedProcess(model, algorithm, **engine_options)
+    return FederatedProcess(model, algorithm._replace(name=f"fed_{kind}"), **engine)
 
 
 def build_fed_adam(
@@ -165,20 +160,9 @@ def build_fed_adam(
     Example:
       >>> process = build_fed_adam(model, optax.sgd(0.05), server_learning_rate=0.01)
     """
-    return _build(
-        "adam",
-        model,
-        client_optimizer,
-        server_learning_rate,
-        beta1,
-        beta2,
-        tau,
-        weighting,
-        non_trainable,
-        aggregator,
-        client_learning_rate_schedule,
-        engine_options,
-    )
+    server = adaptive_server_optimizer("adam", server_learning_rate, beta1, beta2, tau)
+    fed_avg_args = (weighting, non_trainable, aggregator, client_learning_rate_schedule)
+    return _fed_opt_process("adam", model, client_optimizer, server, fed_avg_args, engine_options)
 
 
 def build_fed_yogi(
@@ -201,20 +185,9 @@ def build_fed_yogi(
     towards ``D_t^2`` by a bounded amount, so it grows more slowly than Adam's
     after a large update. Arguments as `build_fed_adam`.
     """
-    return _build(
-        "yogi",
-        model,
-        client_optimizer,
-        server_learning_rate,
-        beta1,
-        beta2,
-        tau,
-        weighting,
-        non_trainable,
-        aggregator,
-        client_learning_rate_schedule,
-        engine_options,
-    )
+    server = adaptive_server_optimizer("yogi", server_learning_rate, beta1, beta2, tau)
+    fed_avg_args = (weighting, non_trainable, aggregator, client_learning_rate_schedule)
+    return _fed_opt_process("yogi", model, client_optimizer, server, fed_avg_args, engine_options)
 
 
 def build_fed_adagrad(
@@ -236,17 +209,8 @@ def build_fed_adagrad(
     pass ``beta1=0.0`` for plain Adagrad). Arguments as `build_fed_adam`
     (no ``beta2``); ``server_learning_rate`` defaults to 1e-1.
     """
-    return _build(
-        "adagrad",
-        model,
-        client_optimizer,
-        server_learning_rate,
-        beta1,
-        0.0,
-        tau,
-        weighting,
-        non_trainable,
-        aggregator,
-        client_learning_rate_schedule,
-        engine_options,
+    server = adaptive_server_optimizer("adagrad", server_learning_rate, beta1, 0.0, tau)
+    fed_avg_args = (weighting, non_trainable, aggregator, client_learning_rate_schedule)
+    return _fed_opt_process(
+        "adagrad", model, client_optimizer, server, fed_avg_args, engine_options
     )

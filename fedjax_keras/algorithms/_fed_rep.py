@@ -40,16 +40,22 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from fedjax_keras._tree import tree_where
-from fedjax_keras.aggregation import Aggregator, check_aggregator, mean
-from fedjax_keras.algorithms._checks import check_count
-from fedjax_keras.algorithms._fed_avg import WEIGHTINGS, client_weight, default_server_optimizer
+from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_count
 from fedjax_keras.algorithms._metric_sums import MetricSums, add_output, empty_sums
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
-from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.algorithms._schedules import init_for_run, run_hyperparams
+from fedjax_keras.algorithms._server_step import server_optimizer_for
+from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
+from fedjax_keras.client import (
+    ClientOutput,
+    ClientProgram,
+    start_training,
+    training_step,
+    with_float_mask,
+)
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import as_optimizer
 
@@ -137,15 +143,15 @@ def _rep_program(model, client_optimizer, head, body, head_steps, weighting):
         zero = jnp.zeros((), jnp.int32)
         return RepCarry(
             ModelWeights(trainable, broadcast.model.non_trainable),
-            head_opt.init(own_head),
-            body_opt.init(_part(trainable, body)),
+            init_for_run(head_opt, own_head, broadcast),
+            init_for_run(body_opt, _part(trainable, body), broadcast),
             empty_sums(model),
             zero,
             zero,
         )
 
     def step(carry: RepCarry, batch, key, broadcast, own_head) -> RepCarry:
-        batch = {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
+        batch = with_float_mask(batch)
         trainable, non_trainable = carry.weights
         (_, output), grads = grad_fn(trainable, non_trainable, batch, training=True, rng=key)
         has = output.num_examples > 0
@@ -173,13 +179,9 @@ def _rep_program(model, client_optimizer, head, body, head_steps, weighting):
     def finish(carry: RepCarry, broadcast, own_head) -> ClientOutput:
         final = carry.weights.trainable
         delta = {p: final[p] - broadcast.model.trainable[p] for p in body}
-        return ClientOutput(
-            update=delta,
-            weight=client_weight(carry.body_examples, weighting),
-            metrics=carry.sums.metrics,
-            loss_sum=carry.sums.loss_sum,
-            num_examples=carry.sums.num_examples,
-            client_state=_part(final, head),
+        weight = client_weight(carry.body_examples, weighting)
+        return ClientOutput.from_training(
+            carry.sums, delta, weight, client_state=_part(final, head)
         )
 
     return ClientProgram(start, step, finish)
@@ -192,29 +194,21 @@ def _per_program(model, client_optimizer, head, body, weighting):
 
     def start(broadcast, own_head):
         trainable = {**_part(broadcast.model.trainable, body), **own_head}
-        return start_training(model, opt, ModelWeights(trainable, broadcast.model.non_trainable))
+        weights = ModelWeights(trainable, broadcast.model.non_trainable)
+        return start_training(model, opt, weights, run_hyperparams(broadcast))
 
     def finish(carry, broadcast, own_head) -> ClientOutput:
         final = carry.weights.trainable
-        return ClientOutput(
-            update={p: final[p] - broadcast.model.trainable[p] for p in body},
-            weight=client_weight(carry.num_examples, weighting),
-            metrics=carry.metrics,
-            loss_sum=carry.loss_sum,
-            num_examples=carry.num_examples,
-            client_state=_part(final, head),
-        )
+        delta = {p: final[p] - broadcast.model.trainable[p] for p in body}
+        weight = client_weight(carry.num_examples, weighting)
+        return ClientOutput.from_training(carry, delta, weight, client_state=_part(final, head))
 
     return ClientProgram(start, training_step(model, opt), finish)
 
 
 def _body_algorithm(name, model, program, head, body, server_optimizer, aggregator):
     template = model.initial_weights.trainable
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer),
-        _part(template, body),
-        argument="server_optimizer",
-    )
+    server_opt = server_optimizer_for(server_optimizer, _part(template, body))
 
     def server_update(state, mean_delta, key):
         del key
@@ -231,9 +225,66 @@ def _body_algorithm(name, model, program, head, body, server_optimizer, aggregat
         client_program=program,
         server_init=lambda weights: (server_opt.init(_part(weights.trainable, body)), ()),
         server_update=server_update,
-        aggregator=check_aggregator(mean() if aggregator is None else aggregator),
+        aggregator=aggregator_or_default(aggregator),
         client_state_init=lambda weights: _part(weights.trainable, head),
     )
+
+
+def fed_rep(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    head_layers=None,
+    head_steps: int = 2,
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """FedRep (Collins et al. 2021, arXiv:2102.07078) as a `FederatedAlgorithm`.
+
+    Each client's head is its row of the client table (sized by the engine
+    option ``population_size``); its first ``head_steps`` local steps train
+    the head, the rest the body, which the server averages.
+
+    Args:
+      model: from `from_keras_model`.
+      client_optimizer: the local optimizer (each part keeps its own state).
+      server_optimizer: applied to ``-aggregate(body delta)``; default ``optax.sgd(1.0)``.
+      head_layers: the personal layers by name; None: the layer of the last trainable weight.
+      head_steps: local steps that train the head before the body.
+      weighting: `ClientWeighting` (or its value): examples of the body steps, or 1.
+      aggregator: combines the body deltas (default: the weighted mean).
+
+    Example:
+      >>> process = FederatedProcess(model, fed_rep(model, optax.sgd(0.05), head_steps=2))
+    """
+    require_model(model)
+    weighting = as_client_weighting(weighting)
+    head_steps = check_count(head_steps, "head_steps", minimum=0)
+    head, body = split_head(model.initial_weights.trainable, head_layers)
+    program = _rep_program(model, client_optimizer, head, body, head_steps, weighting)
+    return _body_algorithm("fed_rep", model, program, head, body, server_optimizer, aggregator)
+
+
+def fed_per(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    head_layers=None,
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """FedPer (Arivazhagan et al. 2019, arXiv:1912.00818) as a `FederatedAlgorithm`.
+
+    As `fed_rep` without ``head_steps``: every local step trains head and
+    body together; only the body is sent and averaged.
+    """
+    require_model(model)
+    weighting = as_client_weighting(weighting)
+    head, body = split_head(model.initial_weights.trainable, head_layers)
+    program = _per_program(model, client_optimizer, head, body, weighting)
+    return _body_algorithm("fed_per", model, program, head, body, server_optimizer, aggregator)
 
 
 def build_fed_rep(
@@ -275,12 +326,15 @@ def build_fed_rep(
       ...                         head_steps=2, batch_size=10)
       >>> out = process.next(process.initialize(0), data.sample_clients(5, seed=0))
     """
-    require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
-    head_steps = check_count(head_steps, "head_steps", minimum=0)
-    head, body = split_head(model.initial_weights.trainable, head_layers)
-    program = _rep_program(model, client_optimizer, head, body, head_steps, weighting)
-    algorithm = _body_algorithm("fed_rep", model, program, head, body, server_optimizer, aggregator)
+    algorithm = fed_rep(
+        model,
+        client_optimizer,
+        server_optimizer,
+        head_layers=head_layers,
+        head_steps=head_steps,
+        weighting=weighting,
+        aggregator=aggregator,
+    )
     return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)
 
 
@@ -300,49 +354,12 @@ def build_fed_per(
     Same arguments as `build_fed_rep` but ``head_steps``: every local step
     trains head and body together; only the body is sent and averaged.
     """
-    require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
-    head, body = split_head(model.initial_weights.trainable, head_layers)
-    program = _per_program(model, client_optimizer, head, body, weighting)
-    algorithm = _body_algorithm("fed_per", model, program, head, body, server_optimizer, aggregator)
+    algorithm = fed_per(
+        model,
+        client_optimizer,
+        server_optimizer,
+        head_layers=head_layers,
+        weighting=weighting,
+        aggregator=aggregator,
+    )
     return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)
-
-
-def _make(builder, **fixed):
-    def make(model, s, **engine):
-        options = {"head_layers": s.options["head_layers"] or None, **fixed}
-        if "head_steps" in s.options:
-            options["head_steps"] = s.options["head_steps"]
-        return builder(
-            model,
-            optax.sgd(s.client_lr),
-            optax.sgd(s.server_rate(1.0)),
-            population_size=s.population_size,
-            **options,
-            **engine,
-        )
-
-    return make
-
-
-register(
-    AlgorithmEntry(
-        "fedrep",
-        "build_fed_rep",
-        "shared body averaged by the server, personal head per client; local steps train "
-        "the head first (head_steps), then the body",
-        "Collins et al. 2021, arXiv:2102.07078",
-        _make(build_fed_rep),
-        options={"head_layers": "", "head_steps": 2},
-    )
-)
-register(
-    AlgorithmEntry(
-        "fedper",
-        "build_fed_per",
-        "shared body averaged by the server, personal head per client; local steps train both",
-        "Arivazhagan et al. 2019, arXiv:1912.00818",
-        _make(build_fed_per),
-        options={"head_layers": ""},
-    )
-)

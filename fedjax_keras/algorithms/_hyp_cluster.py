@@ -40,20 +40,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fedjax_keras._tree import tree_where
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
-from fedjax_keras.algorithms._checks import check_count, check_number
-from fedjax_keras.algorithms._fed_avg import default_server_optimizer
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_count, check_number
+from fedjax_keras.algorithms._schedules import run_hyperparams
+from fedjax_keras.algorithms._server_step import server_optimizer_for
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
     TrainCarry,
     start_training,
     training_step,
+    with_float_mask,
 )
 from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model, ModelWeights
@@ -136,6 +136,141 @@ class HypCarry(NamedTuple):
     losses: jax.Array
 
 
+def hyp_cluster(
+    model: Model,
+    client_optimizer,
+    server_optimizer=None,
+    *,
+    num_clusters: int = 2,
+    initial_clusters: Sequence[Any] | None = None,
+    init_noise: float = 0.1,
+    cluster_seed: int = 0,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """HypCluster (Mansour et al. 2020, arXiv:2002.10619) as a `FederatedAlgorithm`, one pass.
+
+    ``k`` models; each client trains the one of lowest loss on its first
+    batch; the server averages the deltas per cluster (module docstring).
+
+    Args:
+      model: from `from_keras_model`.
+      client_optimizer: the local optimizer.
+      server_optimizer: each cluster's, applied to ``-d_j``; default ``optax.sgd(1.0)``.
+      num_clusters: ``k >= 1``.
+      initial_clusters: k `ModelWeights` (or trainable dicts) to start from;
+        default: the initial weights plus Gaussian noise of ``init_noise``.
+      init_noise: see ``initial_clusters``.
+      cluster_seed: the noise's key (see ``initial_clusters``).
+      aggregator: combines the ``[k, ...]`` stacked deltas (default: the weighted mean).
+
+    Example:
+      >>> process = FederatedProcess(model, hyp_cluster(model, optax.sgd(0.05), num_clusters=3))
+    """
+    require_model(model)
+    k = check_count(num_clusters, "num_clusters")
+    init_noise = check_number(init_noise, "init_noise", minimum=0.0)
+    template = model.initial_weights.trainable
+    _check_initial_clusters(initial_clusters, k, template)
+    delta_aggregator = aggregator_or_default(aggregator)
+    client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
+    server_opt = server_optimizer_for(server_optimizer, template)
+    train_step = training_step(model, client_opt)
+
+    def cluster_losses(stacked, non_trainable, batch):
+        loss = lambda t: model.loss(ModelWeights(t, non_trainable), batch, training=False)  # noqa: E731
+        return jax.vmap(loss)(stacked)
+
+    def start(broadcast, client_state) -> HypCarry:
+        first = ModelWeights(broadcast.model.trainable, broadcast.model.non_trainable)
+        return HypCarry(
+            start_training(model, client_opt, first, run_hyperparams(broadcast)),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), bool),
+            jnp.full((k,), jnp.nan, jnp.float32),
+        )
+
+    def step(carry: HypCarry, batch, key, broadcast, client_state) -> HypCarry:
+        batch = with_float_mask(batch)
+        stacked = stack_clusters(broadcast)
+        non_trainable = broadcast.model.non_trainable
+        choose = (jnp.sum(batch["mask"]) > 0) & ~carry.chosen
+        losses = cluster_losses(stacked, non_trainable, batch)
+        cluster = jnp.where(choose, jnp.argmin(losses).astype(jnp.int32), carry.cluster)
+        picked = ModelWeights(jax.tree.map(lambda s: s[cluster], stacked), non_trainable)
+        restart = start_training(model, client_opt, picked, run_hyperparams(broadcast))
+        train = tree_where(choose, restart, carry.train)
+        return HypCarry(
+            train_step(train, batch, key, broadcast, client_state),
+            cluster,
+            carry.chosen | choose,
+            jnp.where(choose, losses, carry.losses),
+        )
+
+    def finish(carry: HypCarry, broadcast, client_state) -> ClientOutput:
+        train = carry.train
+        start_weights = jax.tree.map(lambda s: s[carry.cluster], stack_clusters(broadcast))
+        delta = jax.tree.map(jnp.subtract, train.weights.trainable, start_weights)
+        one_hot = jnp.arange(k) == carry.cluster
+        rows = jax.tree.map(
+            lambda d: jnp.where(one_hot.reshape((k,) + (1,) * d.ndim), d[None], 0.0), delta
+        )
+        weight = train.num_examples.astype(jnp.float32)
+        counts = {
+            "weights": jnp.where(one_hot, weight, 0.0),
+            "clients": one_hot.astype(jnp.float32),
+        }
+        return ClientOutput.from_training(
+            train,
+            {"delta": rows, "counts": counts},
+            weight,
+            report={"cluster": carry.cluster, "cluster_losses": carry.losses},
+        )
+
+    def server_update(state, aggregate, key):
+        del key
+        weights = aggregate["counts"]["weights"]
+        share = jnp.where(weights > 0, jnp.sum(weights) / jnp.where(weights > 0, weights, 1.0), 0.0)
+        means = jax.tree.map(
+            lambda d: d * share.reshape((k,) + (1,) * (d.ndim - 1)), aggregate["delta"]
+        )
+        stacked = stack_clusters(state)
+
+        def one(params, mean_delta, opt_state):
+            pseudo_gradient = jax.tree.map(jnp.negative, mean_delta)
+            return server_opt.update(pseudo_gradient, opt_state, params)
+
+        new_params, new_opt = jax.vmap(one)(stacked, means, state.optimizer_state)
+        moved = weights > 0
+
+        def keep_unchosen(new, old):
+            return jnp.where(moved.reshape((k,) + (1,) * (new.ndim - 1)), new, old)
+
+        new_params = jax.tree.map(keep_unchosen, new_params, stacked)
+        new_opt = jax.tree.map(keep_unchosen, new_opt, state.optimizer_state)
+        state = state.replace(
+            model=ModelWeights(jax.tree.map(lambda s: s[0], new_params), state.model.non_trainable),
+            optimizer_state=new_opt,
+            algorithm_state=jax.tree.map(lambda s: s[1:], new_params),
+        )
+        return state, {
+            "cluster_clients": aggregate["counts"]["clients"].astype(jnp.int32),
+            "cluster_examples": weights.astype(jnp.int32),
+        }
+
+    def server_init(weights):
+        clusters = _initial_clusters(weights, k, initial_clusters, init_noise, cluster_seed)
+        optimizer_state = jax.vmap(server_opt.init)(clusters)
+        return optimizer_state, jax.tree.map(lambda s: s[1:], clusters)
+
+    return FederatedAlgorithm(
+        name="hyp_cluster",
+        client_program=ClientProgram(start, step, finish),
+        server_init=server_init,
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "counts": sum_aggregator()}),
+    )
+
+
 def build_hyp_cluster(
     model: Model,
     client_optimizer,
@@ -177,132 +312,14 @@ def build_hyp_cluster(
       >>> out.metrics["cluster_clients"].shape
       (3,)
     """
-    require_model(model)
-    k = check_count(num_clusters, "num_clusters")
-    init_noise = check_number(init_noise, "init_noise", minimum=0.0)
-    template = model.initial_weights.trainable
-    _check_initial_clusters(initial_clusters, k, template)
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
-    client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    train_step = training_step(model, client_opt)
-
-    def cluster_losses(stacked, non_trainable, batch):
-        loss = lambda t: model.loss(ModelWeights(t, non_trainable), batch, training=False)  # noqa: E731
-        return jax.vmap(loss)(stacked)
-
-    def start(broadcast, client_state) -> HypCarry:
-        first = ModelWeights(broadcast.model.trainable, broadcast.model.non_trainable)
-        return HypCarry(
-            start_training(model, client_opt, first),
-            jnp.zeros((), jnp.int32),
-            jnp.zeros((), bool),
-            jnp.full((k,), jnp.nan, jnp.float32),
-        )
-
-    def step(carry: HypCarry, batch, key, broadcast, client_state) -> HypCarry:
-        batch = {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
-        stacked = stack_clusters(broadcast)
-        non_trainable = broadcast.model.non_trainable
-        choose = (jnp.sum(batch["mask"]) > 0) & ~carry.chosen
-        losses = cluster_losses(stacked, non_trainable, batch)
-        cluster = jnp.where(choose, jnp.argmin(losses).astype(jnp.int32), carry.cluster)
-        picked = ModelWeights(jax.tree.map(lambda s: s[cluster], stacked), non_trainable)
-        train = tree_where(choose, start_training(model, client_opt, picked), carry.train)
-        return HypCarry(
-            train_step(train, batch, key, broadcast, client_state),
-            cluster,
-            carry.chosen | choose,
-            jnp.where(choose, losses, carry.losses),
-        )
-
-    def finish(carry: HypCarry, broadcast, client_state) -> ClientOutput:
-        train = carry.train
-        start_weights = jax.tree.map(lambda s: s[carry.cluster], stack_clusters(broadcast))
-        delta = jax.tree.map(jnp.subtract, train.weights.trainable, start_weights)
-        one_hot = jnp.arange(k) == carry.cluster
-        rows = jax.tree.map(
-            lambda d: jnp.where(one_hot.reshape((k,) + (1,) * d.ndim), d[None], 0.0), delta
-        )
-        weight = train.num_examples.astype(jnp.float32)
-        return ClientOutput(
-            update={
-                "delta": rows,
-                "counts": {
-                    "weights": jnp.where(one_hot, weight, 0.0),
-                    "clients": one_hot.astype(jnp.float32),
-                },
-            },
-            weight=weight,
-            metrics=train.metrics,
-            loss_sum=train.loss_sum,
-            num_examples=train.num_examples,
-            report={"cluster": carry.cluster, "cluster_losses": carry.losses},
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        weights = aggregate["counts"]["weights"]
-        share = jnp.where(weights > 0, jnp.sum(weights) / jnp.where(weights > 0, weights, 1.0), 0.0)
-        means = jax.tree.map(
-            lambda d: d * share.reshape((k,) + (1,) * (d.ndim - 1)), aggregate["delta"]
-        )
-        stacked = stack_clusters(state)
-
-        def one(params, mean_delta, opt_state):
-            pseudo_gradient = jax.tree.map(jnp.negative, mean_delta)
-            return server_opt.update(pseudo_gradient, opt_state, params)
-
-        new_params, new_opt = jax.vmap(one)(stacked, means, state.optimizer_state)
-        moved = weights > 0
-
-        def keep_unchosen(new, old):
-            return jnp.where(moved.reshape((k,) + (1,) * (new.ndim - 1)), new, old)
-
-        new_params = jax.tree.map(keep_unchosen, new_params, stacked)
-        new_opt = jax.tree.map(keep_unchosen, new_opt, state.optimizer_state)
-        state = state.replace(
-            model=ModelWeights(jax.tree.map(lambda s: s[0], new_params), state.model.non_trainable),
-            optimizer_state=new_opt,
-            algorithm_state=jax.tree.map(lambda s: s[1:], new_params),
-        )
-        return state, {
-            "cluster_clients": aggregate["counts"]["clients"].astype(jnp.int32),
-            "cluster_examples": weights.astype(jnp.int32),
-        }
-
-    def server_init(weights):
-        clusters = _initial_clusters(weights, k, initial_clusters, init_noise, cluster_seed)
-        optimizer_state = jax.vmap(server_opt.init)(clusters)
-        return optimizer_state, jax.tree.map(lambda s: s[1:], clusters)
-
-    algorithm = FederatedAlgorithm(
-        name="hyp_cluster",
-        client_program=ClientProgram(start, step, finish),
-        server_init=server_init,
-        server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "counts": sum_aggregator()}),
+    algorithm = hyp_cluster(
+        model,
+        client_optimizer,
+        server_optimizer,
+        num_clusters=num_clusters,
+        initial_clusters=initial_clusters,
+        init_noise=init_noise,
+        cluster_seed=cluster_seed,
+        aggregator=aggregator,
     )
     return FederatedProcess(model, algorithm, **engine_options)
-
-
-register(
-    AlgorithmEntry(
-        "hypcluster",
-        "build_hyp_cluster",
-        "k models; each client trains the one with the lowest loss on its first batch; "
-        "deltas averaged per cluster",
-        "Mansour et al. 2020, arXiv:2002.10619",
-        lambda model, s, **engine: build_hyp_cluster(
-            model,
-            optax.sgd(s.client_lr),
-            optax.sgd(s.server_rate(1.0)),
-            num_clusters=s.options["num_clusters"],
-            init_noise=s.options["init_noise"],
-            **engine,
-        ),
-        options={"num_clusters": 2, "init_noise": 0.1},
-    )
-)

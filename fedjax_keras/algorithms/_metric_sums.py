@@ -13,6 +13,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_keras.aggregation import by_key
+from fedjax_keras.aggregation import sum as sum_aggregator
+from fedjax_keras.algorithms._server_step import init_server_optimizer, step_and_report
+from fedjax_keras.engine import FederatedAlgorithm
 from fedjax_keras.models import BatchOutput, Model, ModelWeights
 
 
@@ -60,3 +64,29 @@ def finalize_sums(model: Model, sums: MetricSums, prefix: str = "") -> dict:
     values = dict(model.finalize_metrics(sums.metrics))
     values["loss"] = sums.loss_sum / jnp.maximum(sums.num_examples, 1).astype(jnp.float32)
     return {prefix + name: jnp.where(has, value, jnp.nan) for name, value in values.items()}
+
+
+def with_personal_models(
+    name, model, program, server_optimizer, delta_aggregator, client_state_init
+):
+    """A `FederatedAlgorithm` whose server is FedAvg's and whose clients also train personal models.
+
+    Ditto's and APFL's shape: every client sends ``{'delta': its global
+    delta, 'personal': the MetricSums of its personal model}``; the server
+    steps its optimizer on the aggregated delta and reports the summed
+    personal metrics as ``personal/<name>``; each client's personal model is
+    its row of the client table (``client_state_init(weights)`` for a client
+    never seen).
+    """
+
+    def personal_metrics(aggregate):
+        return finalize_sums(model, aggregate["personal"], "personal/")
+
+    return FederatedAlgorithm(
+        name=name,
+        client_program=program,
+        server_init=init_server_optimizer(server_optimizer),
+        server_update=step_and_report(server_optimizer, personal_metrics),
+        aggregator=by_key({"delta": delta_aggregator, "personal": sum_aggregator()}),
+        client_state_init=client_state_init,
+    )

@@ -50,24 +50,20 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
-from fedjax_keras.algorithms._fed_avg import (
-    WEIGHTINGS,
-    client_weight,
-    default_server_optimizer,
-    pseudo_gradient_step,
-)
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
+from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._checks import aggregator_or_default
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
     TrainCarry,
     start_training,
     training_step,
+    with_float_mask,
 )
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import Optimizer, as_optimizer
 
@@ -121,24 +117,16 @@ def _frozen(base: Optimizer) -> Optimizer:
     )
 
 
-def mime_algorithm(
-    model: Model,
-    base_optimizer,
-    server_optimizer=None,
-    *,
-    control_variate: bool,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
+def _mime_algorithm(
+    model: Model, base_optimizer, server_optimizer, control_variate: bool, weighting, aggregator
 ) -> FederatedAlgorithm:
     """Mime (``control_variate=True``) or MimeLite as a `FederatedAlgorithm` (module docstring)."""
     require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
+    weighting = as_client_weighting(weighting)
     template = model.initial_weights.trainable
     base = as_optimizer(base_optimizer, template, argument="base_optimizer")
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
+    server_opt = server_optimizer_for(server_optimizer, template)
+    delta_aggregator = aggregator_or_default(aggregator)
     frozen = _frozen(base)
 
     def gradient_at(trainable, non_trainable, batch, key):
@@ -153,9 +141,8 @@ def mime_algorithm(
 
     def step(carry: MimeCarry, batch, key, broadcast: MimeBroadcast, client_state) -> MimeCarry:
         server = broadcast.model
-        mask = jnp.asarray(batch["mask"], jnp.float32)
-        batch = {"x": batch["x"], "y": batch["y"], "mask": mask}
-        count = jnp.sum(mask)
+        batch = with_float_mask({"x": batch["x"], "y": batch["y"], "mask": batch["mask"]})
+        count = jnp.sum(batch["mask"])
         at_server = gradient_at(server.trainable, server.non_trainable, batch, key)
         correction = None
         if control_variate:
@@ -179,17 +166,12 @@ def mime_algorithm(
     def finish(carry: MimeCarry, broadcast: MimeBroadcast, client_state) -> ClientOutput:
         train = carry.train
         count = jnp.maximum(train.num_examples, 1).astype(jnp.float32)
-        return ClientOutput(
-            update={
-                "delta": jax.tree.map(
-                    jnp.subtract, train.weights.trainable, broadcast.model.trainable
-                ),
-                "gradient": jax.tree.map(lambda s: s / count, carry.grad_sum),
-            },
-            weight=client_weight(train.num_examples, weighting),
-            metrics=train.metrics,
-            loss_sum=train.loss_sum,
-            num_examples=train.num_examples,
+        delta = jax.tree.map(jnp.subtract, train.weights.trainable, broadcast.model.trainable)
+        gradient = jax.tree.map(lambda s: s / count, carry.grad_sum)
+        return ClientOutput.from_training(
+            train,
+            {"delta": delta, "gradient": gradient},
+            client_weight(train.num_examples, weighting),
         )
 
     def server_init(weights):
@@ -226,6 +208,50 @@ def mime_algorithm(
             state.model, state.algorithm_state, state.optimizer_state[0]
         ),
     )
+
+
+def mime(
+    model: Model,
+    base_optimizer,
+    server_optimizer=None,
+    *,
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """Mime (Karimireddy et al. 2021, arXiv:2008.03606) as a `FederatedAlgorithm`.
+
+    Local steps ``y <- y - U(g(y; b) - g(x_prev; b) + c, s)`` with the server's
+    base-optimizer statistics ``s`` frozen; `build_mime` and the module
+    docstring give the whole rule and why ``c`` is the previous round's.
+
+    Args:
+      model: from `from_keras_model`.
+      base_optimizer: the centralised optimizer to mimic (e.g.
+        ``optax.sgd(0.1, momentum=0.9)``).
+      server_optimizer: applied to ``-mean(delta)``; default ``optax.sgd(1.0)``.
+      weighting: `ClientWeighting` (or its value) of the deltas and full-batch gradients.
+      aggregator: combines the deltas (default: the weighted mean).
+
+    Example:
+      >>> process = FederatedProcess(model, mime(model, optax.sgd(0.05, momentum=0.9)))
+    """
+    return _mime_algorithm(model, base_optimizer, server_optimizer, True, weighting, aggregator)
+
+
+def mime_lite(
+    model: Model,
+    base_optimizer,
+    server_optimizer=None,
+    *,
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """MimeLite (Karimireddy et al. 2021, arXiv:2008.03606) as a `FederatedAlgorithm`.
+
+    Local steps ``y <- y - U(g(y; b), s)`` with ``s`` frozen; the server
+    updates ``s`` with the cohort's full-batch gradient. Arguments as `mime`.
+    """
+    return _mime_algorithm(model, base_optimizer, server_optimizer, False, weighting, aggregator)
 
 
 def build_mime(
@@ -270,13 +296,8 @@ def build_mime(
     Example:
       >>> process = build_mime(model, optax.sgd(0.05, momentum=0.9), batch_size=10)
     """
-    algorithm = mime_algorithm(
-        model,
-        base_optimizer,
-        server_optimizer,
-        control_variate=True,
-        weighting=weighting,
-        aggregator=aggregator,
+    algorithm = mime(
+        model, base_optimizer, server_optimizer, weighting=weighting, aggregator=aggregator
     )
     return FederatedProcess(model, algorithm, **engine_options)
 
@@ -298,46 +319,7 @@ def build_mime_lite(
     ``x <- x + server_lr * mean(y - x)``, ``s <- V(G, s)``. Arguments as
     `build_mime`.
     """
-    algorithm = mime_algorithm(
-        model,
-        base_optimizer,
-        server_optimizer,
-        control_variate=False,
-        weighting=weighting,
-        aggregator=aggregator,
+    algorithm = mime_lite(
+        model, base_optimizer, server_optimizer, weighting=weighting, aggregator=aggregator
     )
     return FederatedProcess(model, algorithm, **engine_options)
-
-
-def _make(control_variate: bool):
-    build = build_mime if control_variate else build_mime_lite
-
-    def make(model, settings, **engine):
-        momentum = float(settings.options["momentum"])
-        base = optax.sgd(settings.client_lr, momentum=momentum or None)
-        return build(model, base, optax.sgd(settings.server_rate(1.0)), **engine)
-
-    return make
-
-
-_MIME_PAPER = "Karimireddy et al. 2021, arXiv:2008.03606"
-register(
-    AlgorithmEntry(
-        "mime",
-        "build_mime",
-        "clients apply the server's frozen momentum plus an SVRG control variate",
-        _MIME_PAPER,
-        _make(True),
-        options={"momentum": 0.9},
-    )
-)
-register(
-    AlgorithmEntry(
-        "mime_lite",
-        "build_mime_lite",
-        "clients apply the server's frozen momentum; the server updates it with full gradients",
-        _MIME_PAPER,
-        _make(False),
-        options={"momentum": 0.9},
-    )
-)

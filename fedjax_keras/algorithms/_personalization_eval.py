@@ -109,6 +109,91 @@ def join_train_test(
     )
 
 
+def personalization_eval_model(model: Model) -> Model:
+    """``model`` taking `join_train_test`'s examples (``x = {'inputs': x, 'is_test': bool}``)."""
+    return with_example_fields(model, {TEST_FLAG: bool})
+
+
+def personalization_eval(
+    model: Model, fine_tune_optimizer, *, fine_tune_steps: int | None = None
+) -> FederatedAlgorithm:
+    """Personalization evaluation (TFF's ``build_personalization_eval``) as a `FederatedAlgorithm`.
+
+    Each client scores the broadcast weights on its test examples, fine-tunes
+    a copy on its train examples and scores the copy (module docstring). Run
+    it on ``personalization_eval_model(model)`` (the flag of `join_train_test`'s
+    examples), unshuffled, with ``epochs=1``: `build_personalization_eval` does.
+
+    Args:
+      model: from `from_keras_model` (the plain one, not extended).
+      fine_tune_optimizer: the fine-tuning optimizer.
+      fine_tune_steps: the most fine-tuning steps per client (None: one per
+        batch holding train examples).
+
+    Example:
+      >>> process = FederatedProcess(personalization_eval_model(model),
+      ...                            personalization_eval(model, optax.sgd(0.05)), shuffle=False)
+    """
+    require_model(model)
+    max_steps = None if fine_tune_steps is None else check_count(fine_tune_steps, "fine_tune_steps")
+    template = model.initial_weights.trainable
+    opt = as_optimizer(fine_tune_optimizer, template, argument="fine_tune_optimizer")
+    fine_tune = training_step(model, opt)
+
+    def start(broadcast, client_state):
+        zero = jnp.zeros((), jnp.int32)
+        return (
+            start_training(model, opt, broadcast.model),
+            empty_sums(model),
+            empty_sums(model),
+            zero,
+        )
+
+    def step(carry, batch, key, broadcast, client_state):
+        train, before, after, num_train = carry
+        plain, fields = split_example_fields(batch)
+        mask = jnp.asarray(plain["mask"], bool)
+        on_train = mask & ~fields[TEST_FLAG]
+        may_step = True if max_steps is None else train.num_steps < max_steps
+        train = fine_tune(train, {**plain, "mask": on_train & may_step}, key, broadcast, ())
+        scored = {**plain, "mask": (mask & fields[TEST_FLAG]).astype(jnp.float32)}
+        return (
+            train,
+            add_batch(model, before, broadcast.model, scored),
+            add_batch(model, after, train.weights, scored),
+            num_train + jnp.sum(on_train).astype(jnp.int32),
+        )
+
+    def finish(carry, broadcast, client_state) -> ClientOutput:
+        train, before, after, num_train = carry
+        return ClientOutput.from_training(
+            before,
+            {"before": before, "after": after},
+            before.num_examples.astype(jnp.float32),
+            report={
+                "before": finalize_sums(model, before),
+                "after": finalize_sums(model, after),
+                "num_examples": before.num_examples,
+                "num_train_examples": num_train,
+                "fine_tune_steps": train.num_steps,
+            },
+        )
+
+    def server_update(state, aggregate, key):
+        del key
+        metrics = finalize_sums(model, aggregate["before"], "before/")
+        metrics.update(finalize_sums(model, aggregate["after"], "after/"))
+        return state, metrics
+
+    return FederatedAlgorithm(
+        name="personalization_eval",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: ((), ()),
+        server_update=server_update,
+        aggregator=sum_aggregator(),
+    )
+
+
 def build_personalization_eval(
     model: Model,
     fine_tune_optimizer,
@@ -164,67 +249,8 @@ def build_personalization_eval(
             f"epochs must be 1 (received {engine_options['epochs']!r}); for more fine-tuning "
             "epochs use join_train_test(train, test, train_repeats=E)."
         )
-    max_steps = None if fine_tune_steps is None else check_count(fine_tune_steps, "fine_tune_steps")
-    flagged = with_example_fields(model, {TEST_FLAG: bool})
-    template = model.initial_weights.trainable
-    opt = as_optimizer(fine_tune_optimizer, template, argument="fine_tune_optimizer")
-    fine_tune = training_step(model, opt)
-
-    def start(broadcast, client_state):
-        zero = jnp.zeros((), jnp.int32)
-        return (
-            start_training(model, opt, broadcast.model),
-            empty_sums(model),
-            empty_sums(model),
-            zero,
-        )
-
-    def step(carry, batch, key, broadcast, client_state):
-        train, before, after, num_train = carry
-        plain, fields = split_example_fields(batch)
-        mask = jnp.asarray(plain["mask"], bool)
-        on_train = mask & ~fields[TEST_FLAG]
-        may_step = True if max_steps is None else train.num_steps < max_steps
-        train = fine_tune(train, {**plain, "mask": on_train & may_step}, key, broadcast, ())
-        scored = {**plain, "mask": (mask & fields[TEST_FLAG]).astype(jnp.float32)}
-        return (
-            train,
-            add_batch(model, before, broadcast.model, scored),
-            add_batch(model, after, train.weights, scored),
-            num_train + jnp.sum(on_train).astype(jnp.int32),
-        )
-
-    def finish(carry, broadcast, client_state) -> ClientOutput:
-        train, before, after, num_train = carry
-        return ClientOutput(
-            update={"before": before, "after": after},
-            weight=before.num_examples.astype(jnp.float32),
-            metrics=before.metrics,
-            loss_sum=before.loss_sum,
-            num_examples=before.num_examples,
-            report={
-                "before": finalize_sums(model, before),
-                "after": finalize_sums(model, after),
-                "num_examples": before.num_examples,
-                "num_train_examples": num_train,
-                "fine_tune_steps": train.num_steps,
-            },
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        metrics = finalize_sums(model, aggregate["before"], "before/")
-        metrics.update(finalize_sums(model, aggregate["after"], "after/"))
-        return state, metrics
-
-    algorithm = FederatedAlgorithm(
-        name="personalization_eval",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: ((), ()),
-        server_update=server_update,
-        aggregator=sum_aggregator(),
-    )
     options = add_host_metric(
         {**engine_options, "shuffle": False}, client_percentiles(percentiles=percentiles)
     )
-    return FederatedProcess(flagged, algorithm, **options)
+    algorithm = personalization_eval(model, fine_tune_optimizer, fine_tune_steps=fine_tune_steps)
+    return FederatedProcess(personalization_eval_model(model), algorithm, **options)

@@ -27,18 +27,107 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, safe_divide
+from fedjax_keras.aggregation import Aggregator, by_key, safe_divide
 from fedjax_keras.aggregation import sum as sum_aggregator
-from fedjax_keras.algorithms._checks import check_number
-from fedjax_keras.algorithms._fed_avg import default_server_optimizer, pseudo_gradient_step
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
 from fedjax_keras.algorithms._metric_sums import add_batch, empty_sums
-from fedjax_keras.algorithms._registry import AlgorithmEntry, register
-from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
+from fedjax_keras.algorithms._server_step import (
+    init_server_optimizer,
+    pseudo_gradient_step,
+    server_optimizer_for,
+)
+from fedjax_keras.client import (
+    ClientOutput,
+    ClientProgram,
+    start_training,
+    training_step,
+    with_float_mask,
+)
 from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
-from fedjax_keras.optimizers import as_optimizer, from_optax
+from fedjax_keras.optimizers import from_optax
 
 _LOSS_FLOOR = 1e-10
+
+
+def q_ffl(
+    model: Model,
+    client_learning_rate: float,
+    server_optimizer=None,
+    *,
+    q: float = 1.0,
+    lipschitz: float | None = None,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """q-FedAvg (Li et al. 2020, arXiv:1905.10497) as a `FederatedAlgorithm`.
+
+    ``w <- w - sum_k Delta_k / sum_k h_k`` with ``Delta_k = F_k^q L (w - w_k)``
+    (module docstring); ``q = 0`` is unweighted FedAvg.
+
+    Args:
+      model: from `from_keras_model`.
+      client_learning_rate: ``eta``, the local SGD rate.
+      server_optimizer: applied to ``sum Delta / sum h``; default ``optax.sgd(1.0)``.
+      q: ``q >= 0``, the fairness exponent.
+      lipschitz: ``L``; default ``1 / client_learning_rate``.
+      aggregator: sums the ``Delta_k`` (default: `fedjax_keras.aggregation.sum`).
+
+    Example:
+      >>> process = FederatedProcess(model, q_ffl(model, 0.05, q=1.0), batch_size=10)
+    """
+    require_model(model)
+    lr = check_number(client_learning_rate, "client_learning_rate", minimum=0.0, strict=True)
+    q = check_number(q, "q", minimum=0.0)
+    lip = (
+        1.0 / lr
+        if lipschitz is None
+        else check_number(lipschitz, "lipschitz", minimum=0.0, strict=True)
+    )
+    delta_aggregator = aggregator_or_default(aggregator, default=sum_aggregator)
+    server_opt = server_optimizer_for(server_optimizer, model.initial_weights.trainable)
+    sgd = from_optax(optax.sgd(lr))
+    train_step = training_step(model, sgd)
+
+    def start(broadcast, client_state):
+        return start_training(model, sgd, broadcast.model), empty_sums(model)
+
+    def step(carry, batch, key, broadcast, client_state):
+        train, at_server = carry
+        scored = with_float_mask(batch)
+        return (
+            train_step(train, batch, key, broadcast, client_state),
+            add_batch(model, at_server, broadcast.model, scored),
+        )
+
+    def finish(carry, broadcast, client_state) -> ClientOutput:
+        train, at_server = carry
+        count = jnp.maximum(at_server.num_examples, 1).astype(jnp.float32)
+        loss = jnp.maximum(at_server.loss_sum / count, _LOSS_FLOOR)
+        dw = jax.tree.map(
+            lambda w, wk: lip * (w - wk), broadcast.model.trainable, train.weights.trainable
+        )
+        sq_norm = jax.tree.reduce(jnp.add, jax.tree.map(lambda d: jnp.sum(d * d), dw))
+        h = q * loss ** (q - 1.0) * sq_norm + lip * loss**q
+        return ClientOutput.from_training(
+            train,
+            {"delta": jax.tree.map(lambda d: loss**q * d, dw), "h": h},
+            jnp.ones((), jnp.float32),
+            report={"start_loss": at_server.loss_sum / count},
+        )
+
+    def server_update(state, aggregate, key):
+        del key
+        step = safe_divide(aggregate["delta"], aggregate["h"])
+        # w - sum Delta / sum h: the pseudo-gradient step takes the mean delta's sign.
+        return pseudo_gradient_step(server_opt, state, jax.tree.map(jnp.negative, step)), {}
+
+    return FederatedAlgorithm(
+        name="q_ffl",
+        client_program=ClientProgram(start, step, finish),
+        server_init=init_server_optimizer(server_opt),
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "h": sum_aggregator()}),
+    )
 
 
 def build_q_ffl(
@@ -73,77 +162,12 @@ def build_q_ffl(
       >>> out.metrics["clients/start_loss"].shape
       (5,)
     """
-    require_model(model)
-    lr = check_number(client_learning_rate, "client_learning_rate", minimum=0.0, strict=True)
-    q = check_number(q, "q", minimum=0.0)
-    lip = (
-        1.0 / lr
-        if lipschitz is None
-        else check_number(lipschitz, "lipschitz", minimum=0.0, strict=True)
-    )
-    delta_aggregator = check_aggregator(sum_aggregator() if aggregator is None else aggregator)
-    template = model.initial_weights.trainable
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-    sgd = from_optax(optax.sgd(lr))
-    train_step = training_step(model, sgd)
-
-    def start(broadcast, client_state):
-        return start_training(model, sgd, broadcast.model), empty_sums(model)
-
-    def step(carry, batch, key, broadcast, client_state):
-        train, at_server = carry
-        scored = {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
-        return (
-            train_step(train, batch, key, broadcast, client_state),
-            add_batch(model, at_server, broadcast.model, scored),
-        )
-
-    def finish(carry, broadcast, client_state) -> ClientOutput:
-        train, at_server = carry
-        count = jnp.maximum(at_server.num_examples, 1).astype(jnp.float32)
-        loss = jnp.maximum(at_server.loss_sum / count, _LOSS_FLOOR)
-        dw = jax.tree.map(
-            lambda w, wk: lip * (w - wk), broadcast.model.trainable, train.weights.trainable
-        )
-        sq_norm = jax.tree.reduce(jnp.add, jax.tree.map(lambda d: jnp.sum(d * d), dw))
-        h = q * loss ** (q - 1.0) * sq_norm + lip * loss**q
-        return ClientOutput(
-            update={"delta": jax.tree.map(lambda d: loss**q * d, dw), "h": h},
-            weight=jnp.ones((), jnp.float32),
-            metrics=train.metrics,
-            loss_sum=train.loss_sum,
-            num_examples=train.num_examples,
-            report={"start_loss": at_server.loss_sum / count},
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        step = safe_divide(aggregate["delta"], aggregate["h"])
-        # w - sum Delta / sum h: the pseudo-gradient step takes the mean delta's sign.
-        return pseudo_gradient_step(server_opt, state, jax.tree.map(jnp.negative, step)), {}
-
-    algorithm = FederatedAlgorithm(
-        name="q_ffl",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: (server_opt.init(weights.trainable), ()),
-        server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "h": sum_aggregator()}),
+    algorithm = q_ffl(
+        model,
+        client_learning_rate,
+        server_optimizer,
+        q=q,
+        lipschitz=lipschitz,
+        aggregator=aggregator,
     )
     return FederatedProcess(model, algorithm, **engine_options)
-
-
-register(
-    AlgorithmEntry(
-        "qffl",
-        "build_q_ffl",
-        "q-FedAvg: client updates scaled by F_k^q and normalized by the Lipschitz estimate "
-        "L = 1/client_lr; q=0 is unweighted FedAvg",
-        "Li et al. 2020, arXiv:1905.10497",
-        lambda model, s, **engine: build_q_ffl(
-            model, s.client_lr, optax.sgd(s.server_rate(1.0)), q=s.options["q"], **engine
-        ),
-        options={"q": 1.0},
-    )
-)

@@ -13,14 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_keras.aggregation import Aggregator, by_key, check_aggregator, mean
+from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
-from fedjax_keras.algorithms._fed_avg import (
-    WEIGHTINGS,
-    client_weight,
-    default_server_optimizer,
-    pseudo_gradient_step,
-)
+from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
     ClientProgram,
@@ -28,9 +25,91 @@ from fedjax_keras.client import (
     start_training,
     training_step,
 )
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, require_model
 from fedjax_keras.models import Model
-from fedjax_keras.optimizers import as_optimizer, from_optax
+from fedjax_keras.optimizers import from_optax
+
+
+def scaffold(
+    model: Model,
+    client_learning_rate: float,
+    server_optimizer=None,
+    *,
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
+    aggregator: Aggregator | None = None,
+) -> FederatedAlgorithm:
+    """SCAFFOLD (Karimireddy et al. 2020, arXiv:1910.06378, option II) as a `FederatedAlgorithm`.
+
+    ``N``, the population size, is the rows of the state's client table: the
+    engine option ``population_size`` of the `FederatedProcess` that runs it
+    (None: the first cohort's population). Each client's ``c_i`` is its row.
+
+    Args:
+      model: from `from_keras_model`.
+      client_learning_rate: the local SGD learning rate (> 0; the option II
+        control-variate update assumes plain SGD).
+      server_optimizer: applied to ``-aggregate(delta)``; default ``optax.sgd(1.0)``.
+      weighting: `ClientWeighting` (or its value) of the model deltas.
+      aggregator: combines the model deltas (default: the weighted mean); the
+        control-variate deltas are always summed.
+
+    Example:
+      >>> process = FederatedProcess(model, scaffold(model, 0.05),
+      ...                            population_size=data.num_clients, batch_size=10)
+    """
+    require_model(model)
+    weighting = as_client_weighting(weighting)
+    lr = check_number(client_learning_rate, "client_learning_rate", minimum=0.0, strict=True)
+    delta_aggregator = aggregator_or_default(aggregator)
+    server_opt = server_optimizer_for(server_optimizer, model.initial_weights.trainable)
+
+    def corrected(grads, trainable, context):
+        broadcast, client_control = context
+        return jax.tree.map(
+            lambda g, c, ci: g + c - ci, grads, broadcast.algorithm_state, client_control
+        )
+
+    client_opt = from_optax(optax.sgd(lr))
+    step = training_step(model, client_opt, corrected)
+
+    def start(broadcast, client_control) -> TrainCarry:
+        return start_training(model, client_opt, broadcast.model)
+
+    def finish(carry: TrainCarry, broadcast, client_control) -> ClientOutput:
+        delta = jax.tree.map(jnp.subtract, carry.weights.trainable, broadcast.model.trainable)
+        steps = carry.num_steps.astype(jnp.float32)
+        new_control = jax.tree.map(
+            lambda ci, c, d: jnp.where(steps > 0, ci - c - d / (jnp.maximum(steps, 1.0) * lr), ci),
+            client_control,
+            broadcast.algorithm_state,
+            delta,
+        )
+        control_delta = jax.tree.map(jnp.subtract, new_control, client_control)
+        return ClientOutput.from_training(
+            carry,
+            {"delta": delta, "control": control_delta},
+            client_weight(carry.num_examples, weighting),
+            client_state=new_control,
+        )
+
+    def server_update(state, aggregate, key):
+        del key
+        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
+        population = state.client_states.population_size
+        control = jax.tree.map(
+            lambda c, s: c + s / population, state.algorithm_state, aggregate["control"]
+        )
+        return state.replace(algorithm_state=control), {}
+
+    zeros = lambda weights: jax.tree.map(jnp.zeros_like, weights.trainable)  # noqa: E731
+    return FederatedAlgorithm(
+        name="scaffold",
+        client_program=ClientProgram(start, step, finish),
+        server_init=lambda weights: (server_opt.init(weights.trainable), zeros(weights)),
+        server_update=server_update,
+        aggregator=by_key({"delta": delta_aggregator, "control": sum_aggregator()}),
+        client_state_init=zeros,
+    )
 
 
 def build_scaffold(
@@ -57,70 +136,7 @@ def build_scaffold(
         control-variate deltas are always summed.
       **engine_options: see `build_weighted_fed_avg`.
     """
-    require_model(model)
-    check_choice(weighting, WEIGHTINGS, "weighting")
-    if (
-        isinstance(client_learning_rate, bool)
-        or not isinstance(client_learning_rate, (int, float))
-        or not client_learning_rate > 0
-    ):
-        raise ValueError(f"client_learning_rate must be > 0; received {client_learning_rate!r}.")
-    lr = float(client_learning_rate)
-    delta_aggregator = check_aggregator(mean() if aggregator is None else aggregator)
-    template = model.initial_weights.trainable
-    server_opt = as_optimizer(
-        default_server_optimizer(server_optimizer), template, argument="server_optimizer"
-    )
-
-    def corrected(grads, trainable, context):
-        broadcast, client_control = context
-        return jax.tree.map(
-            lambda g, c, ci: g + c - ci, grads, broadcast.algorithm_state, client_control
-        )
-
-    client_opt = from_optax(optax.sgd(lr))
-    step = training_step(model, client_opt, corrected)
-
-    def start(broadcast, client_control) -> TrainCarry:
-        return start_training(model, client_opt, broadcast.model)
-
-    def finish(carry: TrainCarry, broadcast, client_control) -> ClientOutput:
-        delta = jax.tree.map(jnp.subtract, carry.weights.trainable, broadcast.model.trainable)
-        steps = carry.num_steps.astype(jnp.float32)
-        new_control = jax.tree.map(
-            lambda ci, c, d: jnp.where(steps > 0, ci - c - d / (jnp.maximum(steps, 1.0) * lr), ci),
-            client_control,
-            broadcast.algorithm_state,
-            delta,
-        )
-        return ClientOutput(
-            update={
-                "delta": delta,
-                "control": jax.tree.map(jnp.subtract, new_control, client_control),
-            },
-            weight=client_weight(carry.num_examples, weighting),
-            metrics=carry.metrics,
-            loss_sum=carry.loss_sum,
-            num_examples=carry.num_examples,
-            client_state=new_control,
-        )
-
-    def server_update(state, aggregate, key):
-        del key
-        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
-        population = state.client_states.population_size
-        control = jax.tree.map(
-            lambda c, s: c + s / population, state.algorithm_state, aggregate["control"]
-        )
-        return state.replace(algorithm_state=control), {}
-
-    zeros = lambda weights: jax.tree.map(jnp.zeros_like, weights.trainable)  # noqa: E731
-    algorithm = FederatedAlgorithm(
-        name="scaffold",
-        client_program=ClientProgram(start, step, finish),
-        server_init=lambda weights: (server_opt.init(weights.trainable), zeros(weights)),
-        server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "control": sum_aggregator()}),
-        client_state_init=zeros,
+    algorithm = scaffold(
+        model, client_learning_rate, server_optimizer, weighting=weighting, aggregator=aggregator
     )
     return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

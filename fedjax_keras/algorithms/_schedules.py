@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_keras.client import with_hyperparams
 from fedjax_keras.engine import default_broadcast
 from fedjax_keras.models import ModelWeights
 from fedjax_keras.optimizers import Optimizer, as_optimizer, from_optax
@@ -116,3 +117,20 @@ def client_optimizer_source(client_optimizer, schedule, template):
         return (lambda broadcast: optimizer), default_broadcast
     scheduled = client_schedule(client_optimizer, schedule)
     return (lambda broadcast: scheduled.at(broadcast.round_num)), broadcast_with_round
+
+
+def run_hyperparams(broadcast):
+    """The client hyper-parameters a sweep gives each run (``Broadcast.hyperparams``), or None.
+
+    Passed to `start_training`, they set an ``optax.inject_hyperparams`` client
+    optimizer's learning rate per run (`fedjax_keras.sweep`); outside a sweep
+    there are none, and nothing changes.
+    """
+    return getattr(broadcast, "hyperparams", None)
+
+
+def init_for_run(optimizer: Optimizer, params, broadcast):
+    """``optimizer.init(params)`` with the run's client hyper-parameters (see `run_hyperparams`)."""
+    state = optimizer.init(params)
+    hyperparams = run_hyperparams(broadcast)
+    return with_hyperparams(state, hyperparams) if hyperparams else state

@@ -54,6 +54,27 @@ class ClientOutput(NamedTuple):
     client_state: Any = ()
     report: Any = ()
 
+    @classmethod
+    def from_training(cls, carry, update, weight, **extra) -> "ClientOutput":
+        """The output of a client whose training sums are ``carry``'s.
+
+        Args:
+          carry: anything with ``metrics``, ``loss_sum`` and ``num_examples``
+            (a `TrainCarry`, or the `MetricSums` of the model an algorithm
+            reports): the round's loss and metrics come from it.
+          update: what goes to the aggregator.
+          weight: float32 scalar, the client's aggregation weight.
+          **extra: ``client_state`` and ``report``.
+        """
+        return cls(
+            update=update,
+            weight=weight,
+            metrics=carry.metrics,
+            loss_sum=carry.loss_sum,
+            num_examples=carry.num_examples,
+            **extra,
+        )
+
 
 class ClientBatchArrays(NamedTuple):
     """One client's (or, with a leading axis, a chunk's) batches.
@@ -105,6 +126,15 @@ class ClientProgram(NamedTuple):
             unroll=max(1, min(unroll, num_steps)),
         )
         return self.finish(carry, broadcast, client_state)
+
+
+def with_float_mask(batch: dict) -> dict:
+    """``batch`` with its mask as float32, as the model's loss and metrics take it.
+
+    The engine's batches carry a bool mask [batch] (cheaper to move); a client
+    step that calls the model itself converts it once, here.
+    """
+    return {**batch, "mask": jnp.asarray(batch["mask"], jnp.float32)}
 
 
 class TrainCarry(NamedTuple):
