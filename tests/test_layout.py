@@ -27,14 +27,6 @@ MAX_LINES = 500
 ONE_JOB_OVER = 400
 ONE_JOB_MARK = "One job:"
 
-# algorithms/ belongs to the `algos` branch (each algorithm a public factory), merged
-# separately: these two imports of it are left to that branch. Remove the exemption
-# once it no longer imports them.
-EXEMPT_PRIVATE_IMPORTS = {
-    ("fedjax_keras.algorithms._fed_avg", "fedjax_keras.client._local_update"),
-    ("fedjax_keras.algorithms._fed_kmeans", "fedjax_keras.models._centroids"),
-}
-
 
 def _module_name(path: pathlib.Path) -> str:
     parts = ("fedjax_keras",) + path.relative_to(PACKAGE).with_suffix("").parts
@@ -146,8 +138,6 @@ def _private_crossings(importer: str) -> list[str]:
     for line, module, names in _imports(importer, tree):
         target = _package_of(module)
         if target == own or target == "fedjax_keras":  # own package, or the shared root helpers
-            continue
-        if (importer, module) in EXEMPT_PRIVATE_IMPORTS:
             continue
         private_path = any(_is_private(part) for part in module.split(".")[2:])
         private_names = [n for n in names if _is_private(n)]

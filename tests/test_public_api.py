@@ -158,7 +158,9 @@ SURFACE = {
         "SHAKESPEARE_CHAR_VOCAB",
         "SHAKESPEARE_VOCAB_SIZE",
         "UnreliableClients",
+        "bucket",
         "cifar_like",
+        "completed_steps",
         "emnist_like",
         "emnist_preprocess",
         "iter_leaf_json_clients",
@@ -174,6 +176,7 @@ SURFACE = {
         "plan_cohort",
         "shakespeare_char_ids",
         "shakespeare_preprocess",
+        "share_one_source",
         "synthetic_leaf",
     ),
     "fedjax_keras.errors": (
@@ -201,8 +204,10 @@ SURFACE = {
     "fedjax_keras.models": (
         "Batch",
         "BatchOutput",
+        "CENTROIDS_PATH",
         "Model",
         "ModelWeights",
+        "centroid_model",
         "from_keras_model",
         "split_example_fields",
         "with_example_fields",

@@ -29,8 +29,7 @@ from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_count
 from fedjax_keras.client import ClientOutput, ClientProgram
 from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess
-from fedjax_keras.models import Model, ModelWeights
-from fedjax_keras.models._centroids import CENTROIDS_PATH, centroid_model
+from fedjax_keras.models import CENTROIDS_PATH, Model, ModelWeights, centroid_model
 
 
 def kmeans_model(

@@ -17,12 +17,12 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fedjax_keras.cli import checkpoints
 from fedjax_keras.cli._errors import UsageError
 from fedjax_keras.cli.config import list_values
 from fedjax_keras.cli.interrupt import StopRequest
+from fedjax_keras.data import share_one_source
 
 
 def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
@@ -59,8 +59,8 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
     evaluator = build_fed_eval(
         model, batch_size=max(config.batch_size, 50), **engine_options(config)
     )
-    trains = _one_source([tasks[r["seed"]].train for r in runs])
-    tests = _one_source([eval_population(tasks[r["seed"]]) for r in runs])
+    trains = share_one_source([tasks[r["seed"]].train for r in runs])
+    tests = share_one_source([eval_population(tasks[r["seed"]]) for r in runs])
     if tests[0].num_clients == 0:
         print(
             f"fedjax-keras: note: --test-fraction {config.test_fraction} holds out no example "
@@ -162,38 +162,6 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
             run, f"after the last round ({config.rounds}, checkpoint saved)"
         )
     return 0
-
-
-def _one_source(populations: list) -> list:
-    """The populations as views on one copy of all their examples.
-
-    A sweep keeps one source of examples on the device for all its runs, but
-    runs of different seeds train on different splits of the task. Each view
-    keeps its population's clients, ids and positions (so its cohorts, their
-    batches and their random keys are the single run's) and reads its rows
-    from the concatenation of the distinct populations' arrays.
-    """
-    from fedjax_keras.data import FederatedData
-
-    distinct = list({id(p): p for p in populations}.values())
-    if len(distinct) == 1:
-        return populations
-    sources = [p.source_rows for p in distinct]
-    offsets = np.cumsum([0] + [len(jax.tree.leaves(source)[0]) for source, _ in sources])
-    union = jax.tree.map(lambda *leaves: np.concatenate(leaves), *(s for s, _ in sources))
-    views = {
-        id(p): FederatedData._view(  # a view with the population's own ids (no public spelling)
-            union,
-            starts + offset,
-            p.client_sizes,
-            p.client_ids,
-            p.population_ids,
-            p.population_positions,
-            p.population_size,
-        )
-        for p, (_, starts), offset in zip(distinct, sources, offsets)
-    }
-    return [views[id(p)] for p in populations]
 
 
 def _row(metrics: dict, k: int, done: int, seconds: float, clients: int) -> dict:

@@ -8,6 +8,7 @@ from ._buckets import bucket as bucket
 from ._federated_data import FederatedData as FederatedData
 from ._leaf_json import iter_leaf_json_clients as iter_leaf_json_clients
 from ._leaf_json import load_leaf_json as load_leaf_json
+from ._one_source import share_one_source as share_one_source
 from ._padding import PaddingBreakdown as PaddingBreakdown
 from ._padding import padding_breakdown as padding_breakdown
 from ._padding import padding_warning as padding_warning

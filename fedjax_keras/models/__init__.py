@@ -5,6 +5,8 @@ from fedjax_keras.models._backend import select_jax_backend_if_unset as _select
 _select()
 
 from fedjax_keras.models._batch import Batch as Batch  # noqa: E402
+from fedjax_keras.models._centroids import CENTROIDS_PATH as CENTROIDS_PATH  # noqa: E402
+from fedjax_keras.models._centroids import centroid_model as centroid_model  # noqa: E402
 from fedjax_keras.models._example_fields import (  # noqa: E402
     split_example_fields as split_example_fields,
 )
