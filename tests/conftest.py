@@ -12,14 +12,14 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "jax")
 # The CLI turns on JAX's persistent compilation cache in ~/.cache for its whole
 # process; the tests run it in-process and must not write there (the session's
-# own cache below is in a temporary folder). tests/test_compile_cache.py tests it.
+# own cache below is in a temporary folder). tests/cli/test_compile_cache.py tests it.
 os.environ.setdefault("FEDJAX_KERAS_COMPILE_CACHE", "0")
 
 
 # The suite compiles hundreds of small programs that then run for milliseconds,
 # and XLA:CPU compiles each fusion of a program as its own LLVM module: compiling
 # is most of the suite's time. Two XLA flags halve it (CPU seconds of
-# tests/test_mime.py and test_pfedme.py: 48.8 default, 35.4 with LLVM at level 0,
+# tests/algorithms/test_mime.py and test_pfedme.py: 48.8 default, 35.4 with LLVM at level 0,
 # 23.6 with the older elemental emitters too). XLA's own passes (fusion, layout)
 # and IEEE arithmetic stay: results differ from the default build's in the last
 # float32 bits only (1e-7 after three FedAdam rounds of toy_models.cnn), which

@@ -1,4 +1,4 @@
-"""Runs the fedjax-keras command under injected faults; the subprocess of tests/test_faults.py.
+"""Runs the fedjax-keras command under injected faults; the subprocess of tests/cli/test_faults.py.
 
     python tests/fault_driver.py WORKDIR SEED
 

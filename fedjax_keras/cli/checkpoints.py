@@ -12,7 +12,7 @@ from fedjax_keras.cli._errors import UsageError
 from fedjax_keras.cli.interrupt import resume_command
 
 # Test hook: once this round is logged (and checkpointed, when due) the process
-# kills itself with SIGKILL, as a preempted job would be; tests/test_checkpoint.py
+# kills itself with SIGKILL, as a preempted job would be; tests/checkpoint/test_checkpoint.py
 # uses it to check that --resume repeats the uninterrupted run bit for bit.
 KILL_AFTER_ROUND_ENV = "FEDJAX_KERAS_KILL_AFTER_ROUND"
 

@@ -401,7 +401,7 @@ def test_leaf_json_task_file(tmp_path, capsys):
 
 
 def test_every_flag_is_documented():
-    docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     parser = build_parser()
     simulate = parser._subparsers._group_actions[0].choices["simulate"]
     flags = [s for action in simulate._actions for s in action.option_strings if s.startswith("--")]
@@ -455,7 +455,7 @@ def test_shakespeare_h5_trains_the_char_lstm_with_pad_tokens_masked(tmp_path):
     assert main(args) == 0
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     # The masked char-LSTM path (Embedding(mask_zero=True) under the engine) runs end
-    # to end; the masking itself is checked against Keras in tests/test_keras_masks.py.
+    # to end; the masking itself is checked against Keras in tests/models/test_keras_masks.py.
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"] in (None, "char_lstm")
     assert np.isfinite(row["train_loss"]) and row["num_examples"] > 0

@@ -9,7 +9,7 @@ import pytest
 
 from fedjax_keras.data._synthetic import cifar_like, emnist_like, synthetic_leaf
 
-_MAKE_WORKLOAD = pathlib.Path(__file__).resolve().parents[2] / "shared/bench/make_workload.py"
+_MAKE_WORKLOAD = pathlib.Path(__file__).resolve().parents[3] / "shared/bench/make_workload.py"
 
 # Reduced client counts keep each case well under a second.
 SMALL = {

@@ -9,7 +9,7 @@ import fedjax_keras as fk
 from fedjax_keras.algorithms import AlgorithmEntry, algorithm_names, get_algorithm, register
 from fedjax_keras.cli import config as cli_config
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "algorithms.md"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "algorithms.md"
 
 
 def test_every_registered_algorithm_has_a_row_in_the_docs_table():

@@ -26,7 +26,7 @@ from fedjax_keras.algorithms import algorithm_names
 from fedjax_keras.cli import main
 from fedjax_keras.cli.config import FIELDS, MAX_INT, MAX_SEED
 
-DRIVER = Path(__file__).with_name("fault_driver.py")
+DRIVER = Path(__file__).resolve().parents[1] / "fault_driver.py"
 EXPECTED_STATUS = {"kill": -9, "int": 130, "enospc": 2}
 
 
@@ -70,7 +70,7 @@ def _expected_status(faults) -> int:
 
 @pytest.mark.slow
 def test_each_fault_ends_as_promised(driven):
-    seed = driven["seed"]  # rerun: FEDJAX_KERAS_FAULT_SEED=<seed> pytest tests/test_faults.py
+    seed = driven["seed"]  # rerun: FEDJAX_KERAS_FAULT_SEED=<seed> pytest tests/cli/test_faults.py
     after_truncate = False
     for step in driven["steps"]:
         where = f"seed {seed}, {step['scenario']} step {step['step']} {step['faults']}"

@@ -15,7 +15,8 @@ import fedjax_keras
 from fedjax_keras import aggregation as agg
 from fedjax_keras.testing import toy_models
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The workers and shared references live in tests/, one folder up.
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [4, 5, 6, 4, 5, 6, 5, 4, 6, 5, 4, 6]  # two steps of 3 each: one compiled shape
 
 
@@ -138,7 +139,8 @@ np.savez(sys.argv[1], *[np.asarray(leaf) for leaf in leaves])
 @pytest.mark.slow
 def test_two_devices_give_the_numbers_of_one(scaffold_vmapped, tmp_path):
     out = tmp_path / "two.npz"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.path.dirname(HERE)])}
+    this_folder = os.path.dirname(os.path.abspath(__file__))  # the worker imports this module
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([this_folder, HERE, os.path.dirname(HERE)])}
     env.pop("XLA_FLAGS", None)
     done = subprocess.run(
         [sys.executable, "-c", _WORKER, str(out)], env=env, capture_output=True, text=True

@@ -18,7 +18,8 @@ import pytest
 # Every test here starts processes: the slow tier (make test-all).
 pytestmark = pytest.mark.slow
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The workers and shared references live in tests/, one folder up.
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = ("fedavg", "scaffold", "fedbn")
 
 
