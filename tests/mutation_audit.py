@@ -51,7 +51,7 @@ MUTATIONS = (
     ),
     Mutation(
         "client weighting by examples dropped",
-        "fedjax_keras/algorithms/_fed_avg.py",
+        "fedjax_keras/algorithms/_weighting.py",
         "        return num_examples.astype(jnp.float32)\n",
         "        return jnp.where(num_examples > 0, 1.0, 0.0)\n",
         ("tests/algorithms/test_algorithms.py",),
