@@ -2,6 +2,7 @@
 #   make demo       runs the main job
 #   make test       the fast tier, run before each commit (slow tests left out)
 #   make test-all   every test: the fast tier and the slow tier (what CI runs)
+#   make test-newest-jax  the fast tier on the newest jax in range, under Python 3.12
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -16,7 +17,19 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: demo test test-all
+# jax 0.11 and newer need Python >= 3.12 (pip on 3.11 stops at 0.10.2): a venv of its own.
+PYTHON312 ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+VENV312 := .venv-py312
+STAMP312 := $(VENV312)/.installed
+
+$(STAMP312): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "make test-newest-jax: no python3.12 found (PATH or pyenv)"; exit 1; }
+	$(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV312)/bin/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP312)
+
+.PHONY: demo test test-all test-newest-jax
 demo: $(STAMP)
 	$(VENV)/bin/python -m fedjax_keras simulate
 
@@ -25,3 +38,7 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PYTEST) tests
+
+test-newest-jax: $(STAMP312)
+	$(VENV312)/bin/python -c "import jax, sys; print('jax', jax.__version__, 'on Python', sys.version.split()[0])"
+	$(VENV312)/bin/python -m pytest -q -n $(WORKERS) $(ARGS) -m "not slow" tests

@@ -3,11 +3,10 @@
 # Keras fixes its backend at its first import: fedjax_keras.models chooses JAX
 # (unless the user chose) before it, or a user's later `import keras`, loads keras.
 # XLA reads XLA_FLAGS when JAX starts its first backend: tune XLA:CPU before that
-# (see _xla_tuning.py), and say once if this jax is not a measured version.
-from fedjax_keras import _jax_version, _xla_tuning
+# (see _xla_tuning.py).
+from fedjax_keras import _xla_tuning
 from fedjax_keras import models as models
 
-_jax_version.check_jax_version()
 _xla_tuning.tune_xla_cpu()
 
 from fedjax_keras import aggregation as aggregation

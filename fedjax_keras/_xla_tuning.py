@@ -13,8 +13,10 @@ before that, and only
 - when the user's ``XLA_FLAGS`` does not already set the flag (any value);
 - when the backend will be the CPU: ``JAX_PLATFORMS`` names ``cpu`` first,
   or is unset and no GPU/TPU plugin is installed;
-- when jaxlib is a measured version (`fedjax_keras._jax_version`): XLA aborts
-  the process on a flag it does not know, and this one is experimental.
+- when jaxlib is one it was measured to help (`YNN_TUNED_JAXLIB` in
+  `fedjax_keras._jax_version`: 0.10; not 0.12, where XLA:CPU's defaults are as
+  fast or faster); XLA also aborts the process on a flag it does not know, and
+  this one is experimental.
 
 If a backend has already started, it is too late: nothing changes, and a
 warning says how to get the fast path (import fedjax_keras before running any
@@ -100,7 +102,7 @@ def tune_xla_cpu() -> str:
 
     Returns:
       What happened, also kept in the module's ``status``: 'applied',
-      'opted out', 'set by user', 'unmeasured jaxlib', 'not cpu', or 'too late'
+      'opted out', 'set by user', 'other jaxlib', 'not cpu', or 'too late'
       (a backend had started; a `XlaTuningWarning` was issued if it is the CPU).
     """
     global status
@@ -109,8 +111,10 @@ def tune_xla_cpu() -> str:
         status = "opted out"
     elif user_set_flag(xla_flags):
         status = "set by user"
-    elif not _jax_version.is_measured(_jax_version.installed_version("jaxlib")):
-        status = "unmeasured jaxlib"
+    elif not _jax_version.in_range(
+        _jax_version.installed_version("jaxlib"), _jax_version.YNN_TUNED_JAXLIB
+    ):
+        status = "other jaxlib"
     elif _backend_started():
         status = "too late"
         import jax

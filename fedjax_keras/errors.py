@@ -124,17 +124,6 @@ class LabelRangeError(ValueError):
 # Warnings (filter them by class with `warnings.filterwarnings`).
 
 
-class UnmeasuredJaxWarning(UserWarning):
-    """jax is a version fedjax_keras has not been measured with.
-
-    Results are still correct (nothing in the numerics depends on the jax
-    version), but the speed figures, the 'auto' runner's choices and the
-    XLA:CPU tuning hold for the measured versions only (``MEASURED_JAX`` in
-    ``fedjax_keras/_jax_version.py``; pyproject.toml pins them). Install a
-    measured version, or filter this warning.
-    """
-
-
 class XlaTuningWarning(UserWarning):
     """fedjax_keras could not turn off XLA:CPU's slow YNNPACK convolution fusions.
 

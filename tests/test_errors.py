@@ -96,9 +96,14 @@ def test_dummy_batch_and_input_spec_exclusive():
         fk.from_keras_model(toy_models.mlp(), (X, Y), CE, input_spec=(X, Y))
     with pytest.raises(errors.InvalidBatchError, match="received neither"):
         fk.from_keras_model(toy_models.mlp(), loss=CE)
-    spec = (jax.ShapeDtypeStruct((None, 4), np.float32), jax.ShapeDtypeStruct((None,), np.int32))
+    # A batch dimension of None: keras.KerasTensor takes it on every jax; jax.ShapeDtypeStruct
+    # only before jax 0.12, which rejects None in its shape.
+    spec = (keras.KerasTensor((None, 4), "float32"), keras.KerasTensor((None,), "int32"))
     model = fk.from_keras_model(toy_models.mlp(), loss=CE, input_spec=spec)
     assert model.input_spec["x"].shape == (1, 4)
+    spec = (jax.ShapeDtypeStruct((3, 4), np.float32), jax.ShapeDtypeStruct((3,), np.int32))
+    model = fk.from_keras_model(toy_models.mlp(), loss=CE, input_spec=spec)
+    assert model.input_spec["x"].shape == (3, 4)
 
 
 def test_labels_that_do_not_match_a_multi_output_model(multi_io):

@@ -115,8 +115,10 @@ def from_keras_model(
       metrics: Keras metrics, metric names, or zero-argument callables
         returning metrics; a dict by output name for multi-output models.
       optimizer: optional optax transform or Keras optimizer for `train_step`.
-      input_spec: shapes and dtypes of a batch (``jax.ShapeDtypeStruct`` or
-        ``tf.TensorSpec`` leaves), in place of ``dummy_batch``.
+      input_spec: shapes and dtypes of a batch (leaves with ``.shape`` and
+        ``.dtype``: ``keras.KerasTensor``, ``tf.TensorSpec``, or
+        ``jax.ShapeDtypeStruct``, which takes a ``None`` batch dimension only
+        before jax 0.12), in place of ``dummy_batch``.
 
     Returns:
       A `Model`.
