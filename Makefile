@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # jax 0.11 and newer need Python >= 3.12 (pip on 3.11 stops at 0.10.2): a venv of its own.
-PYTHON312 ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+# The first python3.12 that runs: pyenv's own build, then PATH (a pyenv shim on PATH may not run).
+PYTHON312 ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python3.12 $$(command -v python3.12); do "$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
 VENV312 := .venv-py312
 STAMP312 := $(VENV312)/.installed
 
@@ -29,7 +30,7 @@ $(STAMP312): pyproject.toml
 	$(VENV312)/bin/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP312)
 
-.PHONY: demo test test-all test-newest-jax
+.PHONY: demo test test-all test-newest-jax print-python312
 demo: $(STAMP)
 	$(VENV)/bin/python -m fedjax_keras simulate
 
@@ -42,3 +43,6 @@ test-all: $(STAMP)
 test-newest-jax: $(STAMP312)
 	$(VENV312)/bin/python -c "import jax, sys; print('jax', jax.__version__, 'on Python', sys.version.split()[0])"
 	$(VENV312)/bin/python -m pytest -q -n $(WORKERS) $(ARGS) -m "not slow" tests
+
+print-python312:
+	@echo $(PYTHON312)
