@@ -76,6 +76,35 @@ class Aggregator(NamedTuple):
     stacked: bool = False
 
 
+def wrapping_aggregator(
+    inner: Aggregator, *, start, accumulate, metrics, client_init=None
+) -> Aggregator:
+    """An `Aggregator` that transforms contributions before ``inner`` sees them.
+
+    Its accumulator has the inner one as its field ``inner``; the inner
+    ``init``, ``stacked`` and (unless given) ``client_init`` are kept.
+
+    Args:
+      inner: the aggregator wrapped.
+      start, accumulate: the wrapper's own (they call ``inner``'s).
+      metrics: ``accumulator -> dict``, added to the inner aggregator's metrics.
+      client_init: the per-client row, if the wrapper keeps one of its own.
+    """
+
+    def finalize(acc, state, key):
+        value, state, inner_metrics = inner.finalize(acc.inner, state, key)
+        return value, state, {**inner_metrics, **metrics(acc)}
+
+    return Aggregator(
+        init=inner.init,
+        start=start,
+        accumulate=accumulate,
+        finalize=finalize,
+        client_init=client_init or inner.client_init,
+        stacked=inner.stacked,
+    )
+
+
 def zeros_like_spec(spec) -> Any:
     """Zeros shaped like a pytree of arrays or `jax.ShapeDtypeStruct`."""
     return jax.tree.map(lambda s: jnp.zeros(jnp.shape(s), s.dtype), spec)

@@ -35,7 +35,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_keras.aggregation._aggregator import Aggregator, Contributions, check_aggregator
+from fedjax_keras.aggregation._aggregator import (
+    Aggregator,
+    Contributions,
+    check_aggregator,
+    wrapping_aggregator,
+)
 
 ATTACKS = ("sign_flip", "scale", "gaussian")
 
@@ -147,17 +152,9 @@ def attacked(
         )
         return new_acc, rows
 
-    def finalize(acc: AttackAccumulator, state, key):
-        value, state, metrics = inner.finalize(acc.inner, state, key)
-        metrics = dict(metrics)
-        metrics["attack/malicious_fraction"] = acc.malicious / jnp.maximum(acc.kept, 1.0)
-        return value, state, metrics
+    def metrics(acc: AttackAccumulator):
+        return {"attack/malicious_fraction": acc.malicious / jnp.maximum(acc.kept, 1.0)}
 
-    return Aggregator(
-        init=inner.init,
-        start=start,
-        accumulate=accumulate,
-        finalize=finalize,
-        client_init=client_init,
-        stacked=inner.stacked,
+    return wrapping_aggregator(
+        inner, start=start, accumulate=accumulate, metrics=metrics, client_init=client_init
     )

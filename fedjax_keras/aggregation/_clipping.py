@@ -21,7 +21,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_keras.aggregation._aggregator import Aggregator, Contributions, check_aggregator
+from fedjax_keras.aggregation._aggregator import (
+    Aggregator,
+    Contributions,
+    check_aggregator,
+    wrapping_aggregator,
+)
 
 
 def client_norms(values) -> jax.Array:
@@ -105,21 +110,13 @@ def _norm_bounding(norm: float, inner: Aggregator, zero: bool, prefix: str, what
             rows,
         )
 
-    def finalize(acc: BoundedAccumulator, state, key):
-        value, state, metrics = inner.finalize(acc.inner, state, key)
-        metrics = dict(metrics)
-        metrics[f"{prefix}/norm"] = jnp.float32(norm)
-        metrics[f"{prefix}/{what}_fraction"] = acc.bounded / jnp.maximum(acc.kept, 1.0)
-        return value, state, metrics
+    def metrics(acc: BoundedAccumulator):
+        return {
+            f"{prefix}/norm": jnp.float32(norm),
+            f"{prefix}/{what}_fraction": acc.bounded / jnp.maximum(acc.kept, 1.0),
+        }
 
-    return Aggregator(
-        init=inner.init,
-        start=start,
-        accumulate=accumulate,
-        finalize=finalize,
-        client_init=inner.client_init,
-        stacked=inner.stacked,
-    )
+    return wrapping_aggregator(inner, start=start, accumulate=accumulate, metrics=metrics)
 
 
 def clipped(norm: float, inner: Aggregator) -> Aggregator:

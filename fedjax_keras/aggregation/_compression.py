@@ -36,7 +36,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_keras.aggregation._aggregator import Aggregator, Contributions, check_aggregator
+from fedjax_keras.aggregation._aggregator import (
+    Aggregator,
+    Contributions,
+    check_aggregator,
+    wrapping_aggregator,
+)
 
 _ROTATION_STREAM, _ROUNDING_STREAM = 0x726F74, 0x726E64
 
@@ -68,20 +73,11 @@ def _wrap(inner: Aggregator, name: str, bits_of_spec, accumulate, client_init=No
             jnp.float32(bits / (32.0 * max(sum(_leaf_sizes(spec)), 1))),
         )
 
-    def finalize(acc: CompressedAccumulator, state, key):
-        value, state, metrics = inner.finalize(acc.inner, state, key)
-        metrics = dict(metrics)
-        metrics[f"{name}/bits_per_client"] = acc.bits
-        metrics[f"{name}/ratio_to_float32"] = acc.ratio
-        return value, state, metrics
+    def metrics(acc: CompressedAccumulator):
+        return {f"{name}/bits_per_client": acc.bits, f"{name}/ratio_to_float32": acc.ratio}
 
-    return Aggregator(
-        init=inner.init,
-        start=start,
-        accumulate=accumulate,
-        finalize=finalize,
-        client_init=client_init or inner.client_init,
-        stacked=inner.stacked,
+    return wrapping_aggregator(
+        inner, start=start, accumulate=accumulate, metrics=metrics, client_init=client_init
     )
 
 

@@ -22,6 +22,7 @@ from fedjax_keras.algorithms._agnostic_fed_avg import (
 from fedjax_keras.algorithms._agnostic_fed_avg import project_simplex as project_simplex
 from fedjax_keras.algorithms._apfl import apfl as apfl
 from fedjax_keras.algorithms._apfl import build_apfl as build_apfl
+from fedjax_keras.algorithms._builder import process_builder as process_builder
 from fedjax_keras.algorithms._client_distribution import client_percentiles as client_percentiles
 from fedjax_keras.algorithms._ditto import build_ditto as build_ditto
 from fedjax_keras.algorithms._ditto import ditto as ditto
@@ -45,6 +46,7 @@ from fedjax_keras.algorithms._fed_opt import adaptive_server_optimizer as adapti
 from fedjax_keras.algorithms._fed_opt import build_fed_adagrad as build_fed_adagrad
 from fedjax_keras.algorithms._fed_opt import build_fed_adam as build_fed_adam
 from fedjax_keras.algorithms._fed_opt import build_fed_yogi as build_fed_yogi
+from fedjax_keras.algorithms._fed_opt import fed_opt as fed_opt
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
 from fedjax_keras.algorithms._fed_prox import fed_prox as fed_prox
 from fedjax_keras.algorithms._fed_prox import proximal_term as proximal_term

@@ -37,6 +37,7 @@ import numpy as np
 
 from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_count, check_number
 from fedjax_keras.algorithms._schedules import run_hyperparams
 from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
@@ -104,10 +105,13 @@ def agnostic_fed_avg(
       client_optimizer: the local optimizer.
       server_optimizer: applied to ``-aggregate(delta)``; default ``optax.sgd(1.0)``.
       num_domains: ``p``; None: the model's number of classes (domains are labels).
-      domain_fn: ``(x, y) -> int32 [batch]`` in ``[0, p)``; None: the label.
+      domain_fn: ``(x, y) -> int32 [batch]`` in ``[0, p)``, a pure jnp
+        function of a batch (leaves [batch, ...]); None: the integer label
+        (sparse labels ``y`` [batch]). Out-of-range values count in no domain.
       domain_learning_rate: ``domain_lr >= 0``, the step on ``lambda``.
       domain_update: 'projected' (the paper's) or 'exponentiated'.
-      initial_domain_weights: ``lambda`` at the start; default uniform.
+      initial_domain_weights: ``lambda`` at the start (p non-negative numbers
+        summing to 1); default uniform.
       aggregator: combines the deltas with weights ``beta_i`` (default: the mean).
 
     Example:
@@ -134,7 +138,10 @@ def agnostic_fed_avg(
                 f"received {initial_domain_weights!r}."
             )
     domains_of = _label_domains if domain_fn is None else domain_fn
-    delta_aggregator = aggregator_or_default(aggregator)
+    # The deltas with the user's aggregator; the per-domain loss and example sums added up.
+    update_aggregator = by_key(
+        {"delta": aggregator_or_default(aggregator), "domains": sum_aggregator()}
+    )
     template = model.initial_weights.trainable
     client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
     server_opt = server_optimizer_for(server_optimizer, template)
@@ -205,39 +212,13 @@ def agnostic_fed_avg(
             {"domain_weights": jnp.asarray(initial), "domain_counts": jnp.ones((p,), jnp.float32)},
         ),
         server_update=server_update,
-        aggregator=by_key({"delta": delta_aggregator, "domains": sum_aggregator()}),
+        aggregator=update_aggregator,
     )
 
 
-def build_agnostic_fed_avg(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    num_domains: int | None = None,
-    domain_fn: Callable | None = None,
-    domain_learning_rate: float = 0.1,
-    domain_update: str = "projected",
-    initial_domain_weights: Sequence[float] | None = None,
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(agnostic_fed_avg)
+def build_agnostic_fed_avg(*args, **kwargs) -> FederatedProcess:
     """Agnostic federated averaging (Mohri et al. 2019, arXiv:1902.00146).
-
-    Args:
-      model: from `from_keras_model`.
-      client_optimizer: the local optimizer.
-      server_optimizer: applied to ``-aggregate(delta)``; default ``optax.sgd(1.0)``.
-      num_domains: ``p``; None: the model's number of classes (domains are labels).
-      domain_fn: ``(x, y) -> int32 [batch]`` in ``[0, p)``, a pure jnp
-        function of a batch (leaves [batch, ...]); None: the integer label
-        (sparse labels ``y`` [batch]). Out-of-range values count in no domain.
-      domain_learning_rate: ``domain_lr >= 0``, the step on ``lambda``.
-      domain_update: 'projected' (the paper's) or 'exponentiated'.
-      initial_domain_weights: ``lambda`` at the start (p non-negative numbers
-        summing to 1); default uniform.
-      aggregator: combines the deltas with weights ``beta_i`` (default: the mean).
-      **engine_options: see `build_weighted_fed_avg`.
 
     Returns:
       A `FederatedProcess`. Round metrics: FedAvg's, plus ``domain_weights``
@@ -252,15 +233,3 @@ def build_agnostic_fed_avg(
       >>> float(out.metrics["domain_weights"].sum())
       1.0
     """
-    algorithm = agnostic_fed_avg(
-        model,
-        client_optimizer,
-        server_optimizer,
-        num_domains=num_domains,
-        domain_fn=domain_fn,
-        domain_learning_rate=domain_learning_rate,
-        domain_update=domain_update,
-        initial_domain_weights=initial_domain_weights,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

@@ -29,6 +29,7 @@ import optax
 
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
 from fedjax_keras.algorithms._metric_sums import (
     add_output,
@@ -143,18 +144,8 @@ def apfl(
     return with_personal_models("apfl", model, program, server_opt, delta_aggregator, first_row)
 
 
-def build_apfl(
-    model: Model,
-    client_learning_rate: float,
-    server_optimizer=None,
-    *,
-    alpha: float = 0.25,
-    alpha_learning_rate: float = 0.0,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    population_size: int | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(apfl, shown_engine_options=("population_size",))
+def build_apfl(*args, **kwargs) -> FederatedProcess:
     """APFL (Deng et al. 2020, arXiv:2003.13461): personal models mixed with the global one.
 
     Args:
@@ -184,13 +175,3 @@ def build_apfl(
       >>> out.metrics["clients/alpha"].shape
       (5,)
     """
-    algorithm = apfl(
-        model,
-        client_learning_rate,
-        server_optimizer,
-        alpha=alpha,
-        alpha_learning_rate=alpha_learning_rate,
-        weighting=weighting,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

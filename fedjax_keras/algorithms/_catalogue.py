@@ -100,7 +100,6 @@ def _head_options(settings):
 
 _FEDAVG = "McMahan et al. 2017, arXiv:1602.05629"
 _REDDI = "Reddi et al. 2021, arXiv:2003.00295"
-_MIME = "Karimireddy et al. 2021, arXiv:2008.03606"
 _ADAPTIVE_OPTIONS = {"beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
 
 BUILTIN = (
@@ -265,21 +264,23 @@ BUILTIN = (
         ),
         options={"num_clusters": 2, "init_noise": 0.1},
     ),
-    AlgorithmEntry(
-        "mime",
-        "build_mime",
-        "clients apply the server's frozen momentum plus an SVRG control variate",
-        _MIME,
-        _sgd_make(build_mime, client=_mime_client),
-        options={"momentum": 0.9},
-    ),
-    AlgorithmEntry(
-        "mime_lite",
-        "build_mime_lite",
-        "clients apply the server's frozen momentum; the server updates it with full gradients",
-        _MIME,
-        _sgd_make(build_mime_lite, client=_mime_client),
-        options={"momentum": 0.9},
+    *(
+        AlgorithmEntry(
+            build.__name__[len("build_") :],
+            build.__name__,
+            summary,
+            "Karimireddy et al. 2021, arXiv:2008.03606",
+            _sgd_make(build, client=_mime_client),
+            options={"momentum": 0.9},
+        )
+        for build, summary in (
+            (build_mime, "clients apply the server's frozen momentum plus an SVRG control variate"),
+            (
+                build_mime_lite,
+                "clients apply the server's frozen momentum; the server updates it with full "
+                "gradients",
+            ),
+        )
     ),
     AlgorithmEntry(
         "pfedme",

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
 from fedjax_keras.algorithms._fed_prox import proximal_term
 from fedjax_keras.algorithms._metric_sums import MetricSums, finalize_sums, with_personal_models
@@ -116,18 +117,8 @@ def ditto(
     )
 
 
-def build_ditto(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    lam: float,
-    personal_optimizer=None,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    population_size: int | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(ditto, shown_engine_options=("population_size",))
+def build_ditto(*args, **kwargs) -> FederatedProcess:
     """Ditto (Li et al. 2021, arXiv:2012.04221): FedAvg plus proximal personal models.
 
     Args:
@@ -160,13 +151,3 @@ def build_ditto(
       >>> "personal/loss" in out.metrics
       True
     """
-    algorithm = ditto(
-        model,
-        client_optimizer,
-        server_optimizer,
-        lam=lam,
-        personal_optimizer=personal_optimizer,
-        weighting=weighting,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default
-from fedjax_keras.algorithms._schedules import client_optimizer_source, run_hyperparams
+from fedjax_keras.algorithms._optimizers import delta_optimizers
+from fedjax_keras.algorithms._schedules import run_hyperparams
 from fedjax_keras.algorithms._server_step import (
     init_server_optimizer,
     pseudo_gradient_step,
-    server_optimizer_for,
 )
 from fedjax_keras.algorithms._weighting import (
     ClientWeighting,
@@ -90,11 +91,9 @@ def fed_avg(
     weighting = as_client_weighting(weighting)
     check_choice(non_trainable, NON_TRAINABLE_POLICIES, "non_trainable")
     delta_aggregator = aggregator_or_default(aggregator)
-    template = model.initial_weights.trainable
-    client_opt, broadcast_fn = client_optimizer_source(
-        client_optimizer, client_learning_rate_schedule, template
+    client_opt, broadcast_fn, server_opt = delta_optimizers(
+        model, client_optimizer, client_learning_rate_schedule, server_optimizer
     )
-    server_opt = server_optimizer_for(server_optimizer, template)
     averaged = non_trainable == "average"
 
     def start(broadcast, client_state) -> TrainCarry:
@@ -147,16 +146,10 @@ def fed_avg(
     )
 
 
-def build_weighted_fed_avg(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    non_trainable: str = "broadcast",
-    aggregator: Aggregator | None = None,
-    client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(
+    fed_avg, fixed={"weighting": ClientWeighting.NUM_EXAMPLES, "grad_correction": None}
+)
+def build_weighted_fed_avg(*args, **kwargs) -> FederatedProcess:
     """FedAvg with client updates weighted by their number of examples (TFF's name).
 
     McMahan et al. 2017, arXiv:1602.05629; with an adaptive ``server_optimizer``
@@ -199,45 +192,11 @@ def build_weighted_fed_avg(
       >>> sorted(out.metrics)[:3]
       ['loss', 'num_clients', 'num_dropped_clients']
     """
-    return FederatedProcess(
-        model,
-        fed_avg(
-            model,
-            client_optimizer,
-            server_optimizer,
-            weighting=ClientWeighting.NUM_EXAMPLES,
-            non_trainable=non_trainable,
-            aggregator=aggregator,
-            client_learning_rate_schedule=client_learning_rate_schedule,
-        ),
-        **engine_options,
-    )
 
 
-def build_unweighted_fed_avg(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    non_trainable: str = "broadcast",
-    aggregator: Aggregator | None = None,
-    client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_avg, fixed={"weighting": ClientWeighting.UNIFORM, "grad_correction": None})
+def build_unweighted_fed_avg(*args, **kwargs) -> FederatedProcess:
     """FedAvg with every client that has examples weighted equally.
 
     Same arguments as `build_weighted_fed_avg`.
     """
-    return FederatedProcess(
-        model,
-        fed_avg(
-            model,
-            client_optimizer,
-            server_optimizer,
-            weighting=ClientWeighting.UNIFORM,
-            non_trainable=non_trainable,
-            aggregator=aggregator,
-            client_learning_rate_schedule=client_learning_rate_schedule,
-        ),
-        **engine_options,
-    )

@@ -42,13 +42,14 @@ import numpy as np
 
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
+from fedjax_keras.algorithms._optimizers import delta_optimizers
 from fedjax_keras.algorithms._schedules import (
-    client_optimizer_source,
     init_for_run,
     run_hyperparams,
 )
-from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step
 from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
@@ -159,11 +160,9 @@ def fed_buff(
     probs = jnp.asarray(_check_probs(max_staleness, staleness_probs))
     exponent = check_number(staleness_exponent, "staleness_exponent", minimum=0.0)
     stale = int(max_staleness)
-    template = model.initial_weights.trainable
-    client_opt, broadcast_fn = client_optimizer_source(
-        client_optimizer, client_learning_rate_schedule, template
+    client_opt, broadcast_fn, server_opt = delta_optimizers(
+        model, client_optimizer, client_learning_rate_schedule, server_optimizer
     )
-    server_opt = server_optimizer_for(server_optimizer, template)
     delta_aggregator = aggregator_or_default(aggregator)
 
     def version(current, older, tau):
@@ -237,19 +236,8 @@ def fed_buff(
     )
 
 
-def build_fed_buff(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    max_staleness: int = 4,
-    staleness_probs: Sequence[float] | None = None,
-    staleness_exponent: float = 0.5,
-    weighting: str = "uniform",
-    aggregator: Aggregator | None = None,
-    client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_buff)
+def build_fed_buff(*args, **kwargs) -> FederatedProcess:
     """FedBuff (Nguyen et al. 2022, arXiv:2106.06639), simulated: stale starts, weighted updates.
 
     Round ``t``: client ``i`` draws ``tau_i``, trains from ``x_{t - tau_i}`` to
@@ -281,15 +269,3 @@ def build_fed_buff(
     Example:
       >>> process = build_fed_buff(model, optax.sgd(0.05), max_staleness=4, batch_size=10)
     """
-    algorithm = fed_buff(
-        model,
-        client_optimizer,
-        server_optimizer,
-        max_staleness=max_staleness,
-        staleness_probs=staleness_probs,
-        staleness_exponent=staleness_exponent,
-        weighting=weighting,
-        aggregator=aggregator,
-        client_learning_rate_schedule=client_learning_rate_schedule,
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

@@ -29,9 +29,11 @@ import jax.numpy as jnp
 
 from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default
-from fedjax_keras.algorithms._schedules import client_optimizer_source, run_hyperparams
-from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._optimizers import delta_optimizers
+from fedjax_keras.algorithms._schedules import run_hyperparams
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step
 from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
@@ -91,11 +93,9 @@ def fed_dyn(
             "local training without the dynamic regulariser use build_weighted_fed_avg."
         )
     alpha = float(alpha)
-    template = model.initial_weights.trainable
-    client_opt, broadcast_fn = client_optimizer_source(
-        client_optimizer, client_learning_rate_schedule, template
+    client_opt, broadcast_fn, server_opt = delta_optimizers(
+        model, client_optimizer, client_learning_rate_schedule, server_optimizer
     )
-    server_opt = server_optimizer_for(server_optimizer, template)
     delta_aggregator = aggregator_or_default(aggregator)
 
     def dynamic(grads, trainable, context):
@@ -152,18 +152,8 @@ def fed_dyn(
     )
 
 
-def build_fed_dyn(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    alpha: float = 0.01,
-    population_size: int | None = None,
-    weighting: str = "uniform",
-    aggregator: Aggregator | None = None,
-    client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_dyn, shown_engine_options=("population_size",))
+def build_fed_dyn(*args, **kwargs) -> FederatedProcess:
     """FedDyn (Acar et al. 2021, arXiv:2111.04263); the rule is in the module docstring.
 
     Args:
@@ -190,13 +180,3 @@ def build_fed_dyn(
       >>> process = build_fed_dyn(model, optax.sgd(0.05), alpha=0.01, batch_size=10,
       ...     population_size=data.num_clients)
     """
-    algorithm = fed_dyn(
-        model,
-        client_optimizer,
-        server_optimizer,
-        alpha=alpha,
-        weighting=weighting,
-        aggregator=aggregator,
-        client_learning_rate_schedule=client_learning_rate_schedule,
-    )
-    return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

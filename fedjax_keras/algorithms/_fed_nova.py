@@ -30,10 +30,11 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default
 from fedjax_keras.algorithms._fed_prox import proximal_term
-from fedjax_keras.algorithms._schedules import client_optimizer_source
-from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
+from fedjax_keras.algorithms._optimizers import delta_optimizers
+from fedjax_keras.algorithms._server_step import pseudo_gradient_step
 from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
 from fedjax_keras.client import (
     ClientOutput,
@@ -118,11 +119,10 @@ def fed_nova(
     schedule = client_learning_rate if callable(client_learning_rate) else None
     rate_at = schedule if schedule is not None else (lambda round_num: client_learning_rate)
     make_sgd = lambda lr: optax.sgd(lr, momentum=momentum or None)  # noqa: E731
-    template = model.initial_weights.trainable
-    client_opt, broadcast_fn = client_optimizer_source(
-        make_sgd if schedule is not None else make_sgd(client_learning_rate), schedule, template
+    client_sgd = make_sgd if schedule is not None else make_sgd(client_learning_rate)
+    client_opt, broadcast_fn, server_opt = delta_optimizers(
+        model, client_sgd, schedule, server_optimizer
     )
-    server_opt = server_optimizer_for(server_optimizer, template)
     delta_aggregator = aggregator_or_default(aggregator)
     proximal = proximal_term(mu)
 
@@ -161,17 +161,8 @@ def fed_nova(
     )
 
 
-def build_fed_nova(
-    model: Model,
-    client_learning_rate,
-    server_optimizer=None,
-    *,
-    momentum: float = 0.0,
-    mu: float = 0.0,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_nova)
+def build_fed_nova(*args, **kwargs) -> FederatedProcess:
     """FedNova (Wang et al. 2020, arXiv:2007.07481) with local SGD (momentum, proximal term).
 
     The update rule is in the module docstring: ``x <- x + tau_eff * sum_i p_i
@@ -197,13 +188,3 @@ def build_fed_nova(
     Example:
       >>> process = build_fed_nova(model, 0.05, batch_size=10)
     """
-    algorithm = fed_nova(
-        model,
-        client_learning_rate,
-        server_optimizer,
-        momentum=momentum,
-        mu=mu,
-        weighting=weighting,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

@@ -19,7 +19,8 @@ applied server updates (the round, unless rounds were skipped).
 
 As a `FederatedAlgorithm`, FedAdam is FedAvg with this server step:
 ``fed_avg(model, client_optimizer, adaptive_server_optimizer('adam', 0.01))``;
-the builders below are that, named ``fed_adam`` / ``fed_yogi`` / ``fed_adagrad``.
+`fed_opt` is that, named ``fed_adam`` / ``fed_yogi`` / ``fed_adagrad``, and
+the builders are `fed_opt` with each ``kind``.
 """
 
 from typing import Any, NamedTuple
@@ -29,8 +30,10 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._fed_avg import fed_avg
-from fedjax_keras.engine import FederatedProcess
+from fedjax_keras.algorithms._weighting import ClientWeighting
+from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess
 from fedjax_keras.models import Model
 
 KINDS = ("adam", "yogi", "adagrad")
@@ -107,38 +110,52 @@ def adaptive_server_optimizer(
     return optax.GradientTransformation(init, update)
 
 
-def _fed_opt_process(kind, model, client_optimizer, server_optimizer, fed_avg_args, engine):
-    """FedAvg with the paper's server step: `fed_avg`, named ``fed_<kind>``, as a process.
-
-    ``fed_avg_args``: ``(weighting, non_trainable, aggregator, client_learning_rate_schedule)``.
-    """
-    weighting, non_trainable, aggregator, schedule = fed_avg_args
-    algorithm = fed_avg(
-        model,
-        client_optimizer,
-        server_optimizer,
-        weighting=weighting,
-        non_trainable=non_trainable,
-        aggregator=aggregator,
-        client_learning_rate_schedule=schedule,
-    )
-    return FederatedProcess(model, algorithm._replace(name=f"fed_{kind}"), **engine)
-
-
-def build_fed_adam(
+def fed_opt(
     model: Model,
     client_optimizer,
     server_learning_rate=1e-2,
     *,
+    kind: str = "adam",
     beta1: float = 0.9,
     beta2: float = 0.99,
     tau: float = 1e-3,
-    weighting: str = "num_examples",
+    weighting: ClientWeighting | str = ClientWeighting.NUM_EXAMPLES,
     non_trainable: str = "broadcast",
     aggregator: Aggregator | None = None,
     client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+) -> FederatedAlgorithm:
+    """FedOpt (Reddi et al. 2021, arXiv:2003.00295): FedAvg clients, the paper's adaptive server.
+
+    `fed_avg` with ``adaptive_server_optimizer(kind, server_learning_rate,
+    beta1, beta2, tau)`` (the rule is in the module docstring), named
+    ``fed_<kind>``.
+
+    Args:
+      model, client_optimizer: as in `fed_avg`.
+      server_learning_rate: ``lr``, a float or an optax schedule over rounds
+        (1e-2 by default: a starting point; the paper tunes it per task).
+      kind: 'adam', 'yogi' or 'adagrad'.
+      beta1, beta2, tau: the paper's defaults 0.9, 0.99, 1e-3 (Adagrad has no ``beta2``).
+      weighting, non_trainable, aggregator, client_learning_rate_schedule: as in `fed_avg`.
+
+    Example:
+      >>> algorithm = fed_opt(model, optax.sgd(0.05), 0.01, kind="yogi")
+    """
+    server = adaptive_server_optimizer(kind, server_learning_rate, beta1, beta2, tau)
+    algorithm = fed_avg(
+        model,
+        client_optimizer,
+        server,
+        weighting=weighting,
+        non_trainable=non_trainable,
+        aggregator=aggregator,
+        client_learning_rate_schedule=client_learning_rate_schedule,
+    )
+    return algorithm._replace(name=f"fed_{kind}")
+
+
+@process_builder(fed_opt, fixed={"kind": "adam"})
+def build_fed_adam(*args, **kwargs) -> FederatedProcess:
     """FedAdam (Reddi et al. 2021, arXiv:2003.00295): FedAvg clients, the paper's Adam server.
 
     ``v_t = beta2 * v_{t-1} + (1 - beta2) * D_t^2``; the whole rule is in the
@@ -160,57 +177,25 @@ def build_fed_adam(
     Example:
       >>> process = build_fed_adam(model, optax.sgd(0.05), server_learning_rate=0.01)
     """
-    server = adaptive_server_optimizer("adam", server_learning_rate, beta1, beta2, tau)
-    fed_avg_args = (weighting, non_trainable, aggregator, client_learning_rate_schedule)
-    return _fed_opt_process("adam", model, client_optimizer, server, fed_avg_args, engine_options)
 
 
-def build_fed_yogi(
-    model: Model,
-    client_optimizer,
-    server_learning_rate=1e-2,
-    *,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    tau: float = 1e-3,
-    weighting: str = "num_examples",
-    non_trainable: str = "broadcast",
-    aggregator: Aggregator | None = None,
-    client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_opt, fixed={"kind": "yogi"})
+def build_fed_yogi(*args, **kwargs) -> FederatedProcess:
     """FedYogi (Reddi et al. 2021, arXiv:2003.00295): FedAvg clients, the paper's Yogi server.
 
     ``v_t = v_{t-1} - (1 - beta2) * D_t^2 * sign(v_{t-1} - D_t^2)``: ``v`` moves
     towards ``D_t^2`` by a bounded amount, so it grows more slowly than Adam's
     after a large update. Arguments as `build_fed_adam`.
     """
-    server = adaptive_server_optimizer("yogi", server_learning_rate, beta1, beta2, tau)
-    fed_avg_args = (weighting, non_trainable, aggregator, client_learning_rate_schedule)
-    return _fed_opt_process("yogi", model, client_optimizer, server, fed_avg_args, engine_options)
 
 
-def build_fed_adagrad(
-    model: Model,
-    client_optimizer,
-    server_learning_rate=1e-1,
-    *,
-    beta1: float = 0.9,
-    tau: float = 1e-3,
-    weighting: str = "num_examples",
-    non_trainable: str = "broadcast",
-    aggregator: Aggregator | None = None,
-    client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(
+    fed_opt, fixed={"kind": "adagrad", "beta2": 0.0}, defaults={"server_learning_rate": 1e-1}
+)
+def build_fed_adagrad(*args, **kwargs) -> FederatedProcess:
     """FedAdagrad (Reddi et al. 2021, arXiv:2003.00295): the paper's Adagrad server.
 
     ``v_t = v_{t-1} + D_t^2`` (with the momentum ``beta1`` of Algorithm 2;
     pass ``beta1=0.0`` for plain Adagrad). Arguments as `build_fed_adam`
     (no ``beta2``); ``server_learning_rate`` defaults to 1e-1.
     """
-    server = adaptive_server_optimizer("adagrad", server_learning_rate, beta1, 0.0, tau)
-    fed_avg_args = (weighting, non_trainable, aggregator, client_learning_rate_schedule)
-    return _fed_opt_process(
-        "adagrad", model, client_optimizer, server, fed_avg_args, engine_options
-    )

@@ -8,6 +8,7 @@ with ``mu = 0`` it is exactly FedAvg.
 import jax
 
 from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import check_number
 from fedjax_keras.algorithms._fed_avg import fed_avg
 from fedjax_keras.algorithms._weighting import ClientWeighting
@@ -66,18 +67,8 @@ def fed_prox(
     return algorithm._replace(name="fed_prox")
 
 
-def build_fed_prox(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    mu: float,
-    weighting: str = "num_examples",
-    non_trainable: str = "broadcast",
-    aggregator: Aggregator | None = None,
-    client_learning_rate_schedule=None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_prox)
+def build_fed_prox(*args, **kwargs) -> FederatedProcess:
     """FedProx with proximal strength ``mu`` (TFF: ``build_weighted_fed_prox``).
 
     Args:
@@ -91,14 +82,3 @@ def build_fed_prox(
         transform`` (see `build_weighted_fed_avg`).
       **engine_options: see `build_weighted_fed_avg`.
     """
-    algorithm = fed_prox(
-        model,
-        client_optimizer,
-        server_optimizer,
-        mu=mu,
-        weighting=weighting,
-        non_trainable=non_trainable,
-        aggregator=aggregator,
-        client_learning_rate_schedule=client_learning_rate_schedule,
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_count
 from fedjax_keras.algorithms._metric_sums import MetricSums, add_output, empty_sums
 from fedjax_keras.algorithms._schedules import init_for_run, run_hyperparams
@@ -287,18 +288,8 @@ def fed_per(
     return _body_algorithm("fed_per", model, program, head, body, server_optimizer, aggregator)
 
 
-def build_fed_rep(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    head_layers=None,
-    head_steps: int = 2,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    population_size: int | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_rep, shown_engine_options=("population_size",))
+def build_fed_rep(*args, **kwargs) -> FederatedProcess:
     """FedRep (Collins et al. 2021, arXiv:2102.07078): head steps first, then body steps.
 
     Args:
@@ -326,40 +317,12 @@ def build_fed_rep(
       ...                         head_steps=2, batch_size=10)
       >>> out = process.next(process.initialize(0), data.sample_clients(5, seed=0))
     """
-    algorithm = fed_rep(
-        model,
-        client_optimizer,
-        server_optimizer,
-        head_layers=head_layers,
-        head_steps=head_steps,
-        weighting=weighting,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)
 
 
-def build_fed_per(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    head_layers=None,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    population_size: int | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(fed_per, shown_engine_options=("population_size",))
+def build_fed_per(*args, **kwargs) -> FederatedProcess:
     """FedPer (Arivazhagan et al. 2019, arXiv:1912.00818): joint local steps, body averaged.
 
     Same arguments as `build_fed_rep` but ``head_steps``: every local step
     trains head and body together; only the body is sent and averaged.
     """
-    algorithm = fed_per(
-        model,
-        client_optimizer,
-        server_optimizer,
-        head_layers=head_layers,
-        weighting=weighting,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

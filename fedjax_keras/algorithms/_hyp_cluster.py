@@ -44,6 +44,7 @@ import numpy as np
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_count, check_number
 from fedjax_keras.algorithms._schedules import run_hyperparams
 from fedjax_keras.algorithms._server_step import server_optimizer_for
@@ -157,11 +158,15 @@ def hyp_cluster(
       client_optimizer: the local optimizer.
       server_optimizer: each cluster's, applied to ``-d_j``; default ``optax.sgd(1.0)``.
       num_clusters: ``k >= 1``.
-      initial_clusters: k `ModelWeights` (or trainable dicts) to start from;
-        default: the initial weights plus Gaussian noise of ``init_noise``.
+      initial_clusters: k `ModelWeights` (or trainable dicts) to start from,
+        e.g. the ``initial_weights`` of differently seeded models; by default
+        cluster 0 is the model's initial weights and cluster ``j`` those plus
+        Gaussian noise of standard deviation ``init_noise`` (fixed keys from
+        ``cluster_seed``; identical clusters would never separate).
       init_noise: see ``initial_clusters``.
-      cluster_seed: the noise's key (see ``initial_clusters``).
-      aggregator: combines the ``[k, ...]`` stacked deltas (default: the weighted mean).
+      cluster_seed: see ``initial_clusters``.
+      aggregator: combines the ``[k, ...]`` stacked deltas (default: the mean
+        weighted by example counts; see the module docstring).
 
     Example:
       >>> process = FederatedProcess(model, hyp_cluster(model, optax.sgd(0.05), num_clusters=3))
@@ -271,35 +276,9 @@ def hyp_cluster(
     )
 
 
-def build_hyp_cluster(
-    model: Model,
-    client_optimizer,
-    server_optimizer=None,
-    *,
-    num_clusters: int = 2,
-    initial_clusters: Sequence[Any] | None = None,
-    init_noise: float = 0.1,
-    cluster_seed: int = 0,
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(hyp_cluster)
+def build_hyp_cluster(*args, **kwargs) -> FederatedProcess:
     """HypCluster (Mansour et al. 2020, arXiv:2002.10619), one pass per client.
-
-    Args:
-      model: from `from_keras_model`.
-      client_optimizer: the local optimizer.
-      server_optimizer: each cluster's, applied to ``-d_j``; default ``optax.sgd(1.0)``.
-      num_clusters: ``k >= 1``.
-      initial_clusters: k `ModelWeights` (or trainable dicts) to start from,
-        e.g. the ``initial_weights`` of differently seeded models; by default
-        cluster 0 is the model's initial weights and cluster ``j`` those plus
-        Gaussian noise of standard deviation ``init_noise`` (fixed keys from
-        ``cluster_seed``; identical clusters would never separate).
-      init_noise: see ``initial_clusters``.
-      cluster_seed: see ``initial_clusters``.
-      aggregator: combines the ``[k, ...]`` stacked deltas (default: the mean
-        weighted by example counts; see the module docstring).
-      **engine_options: see `build_weighted_fed_avg`.
 
     Returns:
       A `FederatedProcess`. Round metrics: FedAvg's, plus ``cluster_clients``
@@ -312,14 +291,3 @@ def build_hyp_cluster(
       >>> out.metrics["cluster_clients"].shape
       (3,)
     """
-    algorithm = hyp_cluster(
-        model,
-        client_optimizer,
-        server_optimizer,
-        num_clusters=num_clusters,
-        initial_clusters=initial_clusters,
-        init_noise=init_noise,
-        cluster_seed=cluster_seed,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_keras.aggregation import Aggregator, by_key, mean
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default
 from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
 from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
@@ -254,15 +255,8 @@ def mime_lite(
     return _mime_algorithm(model, base_optimizer, server_optimizer, False, weighting, aggregator)
 
 
-def build_mime(
-    model: Model,
-    base_optimizer,
-    server_optimizer=None,
-    *,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(mime)
+def build_mime(*args, **kwargs) -> FederatedProcess:
     """Mime (Karimireddy et al. 2021, arXiv:2008.03606): frozen server statistics plus an
     SVRG-style control variate in every local step.
 
@@ -296,21 +290,10 @@ def build_mime(
     Example:
       >>> process = build_mime(model, optax.sgd(0.05, momentum=0.9), batch_size=10)
     """
-    algorithm = mime(
-        model, base_optimizer, server_optimizer, weighting=weighting, aggregator=aggregator
-    )
-    return FederatedProcess(model, algorithm, **engine_options)
 
 
-def build_mime_lite(
-    model: Model,
-    base_optimizer,
-    server_optimizer=None,
-    *,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(mime_lite)
+def build_mime_lite(*args, **kwargs) -> FederatedProcess:
     """MimeLite (Karimireddy et al. 2021, arXiv:2008.03606; TFF's ``build_weighted_mime_lite``).
 
     Client step: ``y <- y - U(g(y; b), s)`` with the server's statistics ``s``
@@ -319,7 +302,3 @@ def build_mime_lite(
     ``x <- x + server_lr * mean(y - x)``, ``s <- V(G, s)``. Arguments as
     `build_mime`.
     """
-    algorithm = mime_lite(
-        model, base_optimizer, server_optimizer, weighting=weighting, aggregator=aggregator
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_count, check_number
 from fedjax_keras.algorithms._metric_sums import add_output, empty_sums
 from fedjax_keras.algorithms._server_step import (
@@ -130,18 +131,8 @@ def pfedme(
     )
 
 
-def build_pfedme(
-    model: Model,
-    client_learning_rate: float,
-    server_optimizer=None,
-    *,
-    lam: float = 15.0,
-    personal_learning_rate: float = 0.05,
-    inner_steps: int = 5,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(pfedme)
+def build_pfedme(*args, **kwargs) -> FederatedProcess:
     """pFedMe (Dinh et al. 2020, arXiv:2006.08848).
 
     Args:
@@ -162,14 +153,3 @@ def build_pfedme(
       A `FederatedProcess`; its ``loss`` and model metrics are the
       personalized models' training loss and metrics.
     """
-    algorithm = pfedme(
-        model,
-        client_learning_rate,
-        server_optimizer,
-        lam=lam,
-        personal_learning_rate=personal_learning_rate,
-        inner_steps=inner_steps,
-        weighting=weighting,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

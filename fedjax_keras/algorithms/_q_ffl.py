@@ -29,6 +29,7 @@ import optax
 
 from fedjax_keras.aggregation import Aggregator, by_key, safe_divide
 from fedjax_keras.aggregation import sum as sum_aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
 from fedjax_keras.algorithms._metric_sums import add_batch, empty_sums
 from fedjax_keras.algorithms._server_step import (
@@ -67,9 +68,10 @@ def q_ffl(
     Args:
       model: from `from_keras_model`.
       client_learning_rate: ``eta``, the local SGD rate.
-      server_optimizer: applied to ``sum Delta / sum h``; default ``optax.sgd(1.0)``.
+      server_optimizer: applied to ``sum Delta / sum h`` as a pseudo-gradient;
+        default ``optax.sgd(1.0)`` (the paper's update).
       q: ``q >= 0``, the fairness exponent.
-      lipschitz: ``L``; default ``1 / client_learning_rate``.
+      lipschitz: ``L``; default ``1 / client_learning_rate`` (the paper's).
       aggregator: sums the ``Delta_k`` (default: `fedjax_keras.aggregation.sum`).
 
     Example:
@@ -130,27 +132,9 @@ def q_ffl(
     )
 
 
-def build_q_ffl(
-    model: Model,
-    client_learning_rate: float,
-    server_optimizer=None,
-    *,
-    q: float = 1.0,
-    lipschitz: float | None = None,
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(q_ffl)
+def build_q_ffl(*args, **kwargs) -> FederatedProcess:
     """q-FedAvg (Li et al. 2020, arXiv:1905.10497).
-
-    Args:
-      model: from `from_keras_model`.
-      client_learning_rate: ``eta``, the local SGD rate.
-      server_optimizer: applied to ``sum Delta / sum h`` as a pseudo-gradient;
-        default ``optax.sgd(1.0)`` (the paper's update).
-      q: ``q >= 0``, the fairness exponent.
-      lipschitz: ``L``; default ``1 / client_learning_rate`` (the paper's).
-      aggregator: sums the ``Delta_k`` (default: `fedjax_keras.aggregation.sum`).
-      **engine_options: see `build_weighted_fed_avg`.
 
     Returns:
       A `FederatedProcess`; its metrics are FedAvg's plus, per client,
@@ -162,12 +146,3 @@ def build_q_ffl(
       >>> out.metrics["clients/start_loss"].shape
       (5,)
     """
-    algorithm = q_ffl(
-        model,
-        client_learning_rate,
-        server_optimizer,
-        q=q,
-        lipschitz=lipschitz,
-        aggregator=aggregator,
-    )
-    return FederatedProcess(model, algorithm, **engine_options)

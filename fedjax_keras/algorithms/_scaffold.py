@@ -15,6 +15,7 @@ import optax
 
 from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
+from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_number
 from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
 from fedjax_keras.algorithms._weighting import ClientWeighting, as_client_weighting, client_weight
@@ -112,16 +113,8 @@ def scaffold(
     )
 
 
-def build_scaffold(
-    model: Model,
-    client_learning_rate: float,
-    server_optimizer=None,
-    *,
-    population_size: int | None = None,
-    weighting: str = "num_examples",
-    aggregator: Aggregator | None = None,
-    **engine_options,
-) -> FederatedProcess:
+@process_builder(scaffold, shown_engine_options=("population_size",))
+def build_scaffold(*args, **kwargs) -> FederatedProcess:
     """SCAFFOLD with local SGD of rate ``client_learning_rate``.
 
     Args:
@@ -136,7 +129,3 @@ def build_scaffold(
         control-variate deltas are always summed.
       **engine_options: see `build_weighted_fed_avg`.
     """
-    algorithm = scaffold(
-        model, client_learning_rate, server_optimizer, weighting=weighting, aggregator=aggregator
-    )
-    return FederatedProcess(model, algorithm, population_size=population_size, **engine_options)

@@ -63,17 +63,9 @@ def _key(index: int) -> str:
 
 
 def save_state(directory, state, round_num: int, *, max_to_keep: int | None = None) -> str:
-    """Writes ``state`` as the checkpoint of ``round_num`` under ``directory``.
+    """Writes ``state`` as orbax's checkpoint of ``round_num``; returns its directory.
 
-    Args:
-      directory: the checkpoints folder (created if missing).
-      state: a `ServerState`.
-      round_num: the step number (rounds completed, usually ``int(state.round_num)``).
-      max_to_keep: keep only the newest this many checkpoints; None keeps all.
-
-    Returns:
-      The checkpoint's directory.
-
+    The arguments are `fedjax_keras.checkpoint.save_state`'s, which adds the manifest.
     """
     leaves = jax.tree.leaves(state)
     several = jax.process_count() > 1

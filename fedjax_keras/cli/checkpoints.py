@@ -100,3 +100,42 @@ def after_round(
         progress.stop()
         return interrupted(run, f"after round {done} (checkpoint saved)")
     return None
+
+
+def play_rounds(run, config, state, first: int, play_round, *, stopping, progress) -> int | None:
+    """A run's round loop (a single run's or a sweep's), with checkpoints and interrupts.
+
+    Args:
+      run: the `RunDir`.
+      config: the run's `Config` (rounds, checkpoint cadence).
+      state: the state before round ``first``.
+      first: the first round to play (the checkpoint's, on --resume).
+      play_round: ``(round_num, state) -> state``: trains, evaluates and records one round.
+      stopping: ``() -> bool`` (Ctrl-C), read once per round after it is recorded:
+        twice, a Ctrl-C between the reads would skip the checkpoint.
+      progress: the `RoundProgress`, stopped on every way out.
+
+    Returns:
+      The exit status when the loop was interrupted (130), else None.
+    """
+    kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
+    try:
+        for round_num in range(first, config.rounds):
+            state = play_round(round_num, state)
+            status = after_round(
+                run,
+                state,
+                round_num + 1,
+                config,
+                stopping=stopping(),
+                kill_after=kill_after,
+                progress=progress,
+            )
+            if status is not None:
+                return status
+    except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
+        progress.stop()
+        return interrupted(run, "")
+    finally:
+        progress.stop()
+    return None

@@ -7,7 +7,6 @@ Checkpoints are in `fedjax_keras.cli.checkpoints`, Ctrl-C in
 `fedjax_keras.cli.interrupt`; a sweep's loop is `fedjax_keras.cli.sweep`.
 """
 
-import os
 import sys
 import time
 import warnings
@@ -62,67 +61,62 @@ def run_single(config, resume: bool, run, stop: StopRequest) -> int:
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
     if stop.requested:
         return checkpoints.interrupted(run, f"before round {start + 1}")
-    kill_after = os.environ.get(checkpoints.KILL_AFTER_ROUND_ENV)
     title = f"{config.algorithm} on {task.name}, model {config.model or task.default_model}"
     began = time.perf_counter()
     elapsed_before = run.rows[-1]["elapsed_seconds"] if run.rows else 0.0
     progress = RoundProgress(config.rounds, start, config.progress and distributed.is_primary())
-    try:
-        for round_num in range(start, config.rounds):
-            tic = time.perf_counter()
-            cohort = task.train.sample_clients(config.cohort_size, seed=[config.seed, round_num])
-            output = process.next(state, cohort)
-            state, metrics = output.state, output.metrics
-            if config.runner != process.mode:
-                # 'auto' / 'timed' may choose by measuring; the runners agree to 1e-5,
-                # not bit for bit, so record the choice: --resume must repeat it exactly.
-                config.runner = process.mode
-                run.write_config(config)
-            seconds = time.perf_counter() - tic
-            done = round_num + 1
-            row = {
-                "round": done,
-                "train_loss": metrics["loss"],
-                "train_accuracy": metrics.get("accuracy"),
-                "eval_loss": None,
-                "eval_accuracy": None,
-                "num_clients": metrics["num_clients"],
-                "num_examples": metrics["num_examples"],
-                "num_dropped_clients": metrics["num_dropped_clients"],
-                "round_seconds": seconds,
-                "clients_per_second": config.cohort_size / seconds,
-                "examples_per_second": metrics["num_examples"] / seconds,
-            }
-            if "epsilon" in metrics:  # --aggregator with a noised 'dp' stage
-                row["epsilon"], row["delta"] = metrics["epsilon"], metrics["delta"]
-            if test.num_clients and (done % config.eval_every == 0 or done == config.rounds):
-                eval_state = evaluator.set_model_weights(evaluator.initialize(), state.model)
-                with warnings.catch_warnings():
-                    # The evaluation's batch size is the command line's choice, not the user's.
-                    warnings.simplefilter("ignore", PaddingWarning)
-                    result = evaluator.next(eval_state, test).metrics
-                row["eval_loss"], row["eval_accuracy"] = result["loss"], result.get("accuracy")
-            row["elapsed_seconds"] = elapsed_before + time.perf_counter() - began
-            run.append(row)
-            progress.update(row)
-            # Every process must leave the loop at the same round.
-            stopping = distributed.any_process(stop.requested)
-            status = checkpoints.after_round(
-                run,
-                state,
-                done,
-                config,
-                stopping=stopping,
-                kill_after=kill_after,
-                progress=progress,
-            )
-            if status is not None:
-                return status
-    except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
-        progress.stop()
-        return checkpoints.interrupted(run, "")
-    finally:
-        progress.stop()
+
+    def play_round(round_num, state):
+        tic = time.perf_counter()
+        cohort = task.train.sample_clients(config.cohort_size, seed=[config.seed, round_num])
+        output = process.next(state, cohort)
+        state, metrics = output.state, output.metrics
+        if config.runner != process.mode:
+            # 'auto' / 'timed' may choose by measuring; the runners agree to 1e-5,
+            # not bit for bit, so record the choice: --resume must repeat it exactly.
+            config.runner = process.mode
+            run.write_config(config)
+        seconds = time.perf_counter() - tic
+        done = round_num + 1
+        row = {
+            "round": done,
+            "train_loss": metrics["loss"],
+            "train_accuracy": metrics.get("accuracy"),
+            "eval_loss": None,
+            "eval_accuracy": None,
+            "num_clients": metrics["num_clients"],
+            "num_examples": metrics["num_examples"],
+            "num_dropped_clients": metrics["num_dropped_clients"],
+            "round_seconds": seconds,
+            "clients_per_second": config.cohort_size / seconds,
+            "examples_per_second": metrics["num_examples"] / seconds,
+        }
+        if "epsilon" in metrics:  # --aggregator with a noised 'dp' stage
+            row["epsilon"], row["delta"] = metrics["epsilon"], metrics["delta"]
+        if test.num_clients and (done % config.eval_every == 0 or done == config.rounds):
+            eval_state = evaluator.set_model_weights(evaluator.initialize(), state.model)
+            with warnings.catch_warnings():
+                # The evaluation's batch size is the command line's choice, not the user's.
+                warnings.simplefilter("ignore", PaddingWarning)
+                result = evaluator.next(eval_state, test).metrics
+            row["eval_loss"], row["eval_accuracy"] = result["loss"], result.get("accuracy")
+        row["elapsed_seconds"] = elapsed_before + time.perf_counter() - began
+        run.append(row)
+        progress.update(row)
+        return state
+
+    status = checkpoints.play_rounds(
+        run,
+        config,
+        state,
+        start,
+        play_round,
+        # Every process must leave the loop at the same round.
+        stopping=lambda: distributed.any_process(stop.requested),
+        progress=progress,
+    )
+    if status is not None:
+        return status
     if not distributed.is_primary():
         return 0
     run.plot(title)

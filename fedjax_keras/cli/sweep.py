@@ -88,7 +88,6 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
     if stop.requested:
         return checkpoints.interrupted(run, f"before round {start + 1}")
-    kill_after = os.environ.get(checkpoints.KILL_AFTER_ROUND_ENV)
     title = (
         f"{config.algorithm} on {task.name}, model {config.model or task.default_model}, "
         f"{len(runs)} runs"
@@ -96,59 +95,51 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
     began = time.perf_counter()
     elapsed_before = members[0].rows[-1]["elapsed_seconds"] if members[0].rows else 0.0
     progress = RoundProgress(config.rounds, start, config.progress)
-    try:
-        for round_num in range(start, config.rounds):
-            tic = time.perf_counter()
-            cohorts = [
-                train.sample_clients(config.cohort_size, seed=[r["seed"], round_num])
-                for train, r in zip(trains, runs)
-            ]
-            output = sweep.next(states, cohorts)
-            states, metrics = output.state, output.metrics
-            seconds = time.perf_counter() - tic
-            done = round_num + 1
-            evaluate = tests[0].num_clients and (
-                done % config.eval_every == 0 or done == config.rounds
-            )
-            rows = []
-            for k, settings in enumerate(runs):
-                row = _row(metrics, k, done, seconds, config.cohort_size * len(runs))
-                run_state = sweep.run_state(states, k)
-                for hook in sweep.process.options.host_metrics:  # epsilon of a 'dp' stage
-                    extra = hook(run_state, {name: v[k] for name, v in metrics.items()})
-                    if "epsilon" in extra:
-                        row["epsilon"], row["delta"] = extra["epsilon"], extra["delta"]
-                if evaluate:
-                    eval_state = evaluator.set_model_weights(
-                        evaluator.initialize(), run_state.model
-                    )
-                    with warnings.catch_warnings():
-                        # The evaluation's batch size is the command line's choice, not the user's.
-                        warnings.simplefilter("ignore", PaddingWarning)
-                        result = evaluator.next(eval_state, tests[k]).metrics
-                    row["eval_loss"], row["eval_accuracy"] = result["loss"], result.get("accuracy")
-                row["elapsed_seconds"] = elapsed_before + time.perf_counter() - began
-                row.update(settings)
-                members[k].append(row)
-                rows.append(row)
-            progress.update(_mean_row(rows))
-            # stop.requested read once: a Ctrl-C between two reads would skip the checkpoint.
-            status = checkpoints.after_round(
-                run,
-                states,
-                done,
-                config,
-                stopping=stop.requested,
-                kill_after=kill_after,
-                progress=progress,
-            )
-            if status is not None:
-                return status
-    except KeyboardInterrupt:  # only outside the main thread, where no handler is installed
-        progress.stop()
-        return checkpoints.interrupted(run, "")
-    finally:
-        progress.stop()
+
+    def play_round(round_num, states):
+        tic = time.perf_counter()
+        cohorts = [
+            train.sample_clients(config.cohort_size, seed=[r["seed"], round_num])
+            for train, r in zip(trains, runs)
+        ]
+        output = sweep.next(states, cohorts)
+        states, metrics = output.state, output.metrics
+        seconds = time.perf_counter() - tic
+        done = round_num + 1
+        evaluate = tests[0].num_clients and (done % config.eval_every == 0 or done == config.rounds)
+        rows = []
+        for k, settings in enumerate(runs):
+            row = _row(metrics, k, done, seconds, config.cohort_size * len(runs))
+            run_state = sweep.run_state(states, k)
+            for hook in sweep.process.options.host_metrics:  # epsilon of a 'dp' stage
+                extra = hook(run_state, {name: v[k] for name, v in metrics.items()})
+                if "epsilon" in extra:
+                    row["epsilon"], row["delta"] = extra["epsilon"], extra["delta"]
+            if evaluate:
+                eval_state = evaluator.set_model_weights(evaluator.initialize(), run_state.model)
+                with warnings.catch_warnings():
+                    # The evaluation's batch size is the command line's choice, not the user's.
+                    warnings.simplefilter("ignore", PaddingWarning)
+                    result = evaluator.next(eval_state, tests[k]).metrics
+                row["eval_loss"], row["eval_accuracy"] = result["loss"], result.get("accuracy")
+            row["elapsed_seconds"] = elapsed_before + time.perf_counter() - began
+            row.update(settings)
+            members[k].append(row)
+            rows.append(row)
+        progress.update(_mean_row(rows))
+        return states
+
+    status = checkpoints.play_rounds(
+        run,
+        config,
+        states,
+        start,
+        play_round,
+        stopping=lambda: stop.requested,
+        progress=progress,
+    )
+    if status is not None:
+        return status
     labels = [
         f"run_{k:02d}: seed {r['seed']}, client lr {r['client_lr']:g}, server lr {r['server_lr']:g}"
         for k, r in enumerate(runs)

@@ -58,7 +58,7 @@ CASES = {
         lambda m, c, s, **e: alg.build_unweighted_fed_avg(m, c, s, **e),
     ),
     "fed_adam": Case(
-        lambda m, c, s: alg.fed_avg(m, c, alg.adaptive_server_optimizer("adam", 0.01)),
+        lambda m, c, s: alg.fed_opt(m, c, 0.01, kind="adam"),
         lambda m, c, s, **e: alg.build_fed_adam(m, c, 0.01, **e),
         sweep_error=NO_SERVER_OPTIMIZER,
     ),
