@@ -17,13 +17,27 @@ from fedjax_keras.cli.interrupt import resume_command
 KILL_AFTER_ROUND_ENV = "FEDJAX_KERAS_KILL_AFTER_ROUND"
 
 
-def restore(run, template):
+def restore(run, template, rounds: int):
     """The newest checkpoint of ``run`` that restores, and its round; (template, 0) if none.
 
     Corrupt newer checkpoints are skipped (each with a one-line warning) and
     moved to ``<run>/corrupt_checkpoints/``, so the resumed run can write those
     rounds again.
+
+    Raises:
+      UsageError: the checkpoint is of a round after ``rounds`` (``--rounds``
+        smaller than the rounds the run has done), or does not restore.
     """
+    state, start = _restore(run, template)
+    if start > rounds:
+        raise UsageError(
+            f"--rounds {rounds}: the run in {run.path} has already done {start} rounds; "
+            f"expected --rounds {start} or more (nothing was changed)."
+        )
+    return state, start
+
+
+def _restore(run, template):
     from fedjax_keras import checkpoint
 
     if not distributed.is_primary():

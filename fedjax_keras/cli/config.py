@@ -87,22 +87,21 @@ LIST_FIELDS = {"client_lr": float, "server_lr": float, "seeds": int}
 # The algorithms a sweep can run: built from a client and a server optimizer whose
 # learning rates reach the clients through the broadcast (docs/sweeps.md).
 SWEEP_ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedprox")
+# What a resumed run may change: how long and how it is recorded, and how clients
+# are run (chunk size and runner change no number beyond float32 rounding).
+CHANGEABLE_ON_RESUME = (
+    "rounds",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "progress",
+    "compile_cache",
+    "chunk_size",
+    "runner",
+)
 # Settings that define the experiment: a resumed run may not change them.
 FIXED_ON_RESUME = tuple(
-    name
-    for name in FIELDS
-    if name
-    not in (
-        "rounds",
-        "eval_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "run_dir",
-        "progress",
-        "compile_cache",
-        "chunk_size",
-        "runner",
-    )
+    name for name in FIELDS if name not in CHANGEABLE_ON_RESUME and name != "run_dir"
 )
 
 

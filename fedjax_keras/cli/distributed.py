@@ -91,6 +91,9 @@ class NullRun:
     def plot(self, title: str) -> None:
         pass
 
+    def release(self) -> None:
+        pass
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -71,12 +71,15 @@ def simulate(config, resume: bool) -> int:
     distributed.barrier("fedjax_keras_run_dir")
     if not distributed.is_primary():
         run = distributed.NullRun(config.run_dir)
-    with StopRequest(run.path) as stop:
-        if config_lib.sweep_size(config) is not None:
-            from fedjax_keras.cli.sweep import run_sweep
+    try:
+        with StopRequest(run.path) as stop:
+            if config_lib.sweep_size(config) is not None:
+                from fedjax_keras.cli.sweep import run_sweep
 
-            return run_sweep(config, resume, run, stop)
-        return run_single(config, resume, run, stop)
+                return run_sweep(config, resume, run, stop)
+            return run_single(config, resume, run, stop)
+    finally:
+        run.release()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -44,12 +44,12 @@ def resolve_command_line(argv) -> tuple[config_lib.Config, bool]:
             "expected the --run-dir of an earlier run."
         )
     saved = config_lib.read_config_file(saved_path)
+    changeable = [f"--{name.replace('_', '-')}" for name in config_lib.CHANGEABLE_ON_RESUME]
     for name, value in {**file_settings, **flags}.items():
         if name in config_lib.FIXED_ON_RESUME and value != saved.get(name):
             raise UsageError(
                 f"--{name.replace('_', '-')}: the run in {run_dir} used {saved.get(name)!r}, "
-                "received "
-                f"{value!r}; a resumed run keeps its settings (only --rounds, --eval-every, "
-                "--checkpoint-every, --keep-checkpoints and --progress may change)."
+                f"received {value!r}; a resumed run keeps its settings (only "
+                f"{', '.join(changeable[:-1])} and {changeable[-1]} may change)."
             )
     return config_lib.resolve(saved, file_settings, {**flags, "run_dir": run_dir}), True

@@ -8,6 +8,7 @@ Layout::
     <run_dir>/curves.png       loss and accuracy against rounds (train and eval)
     <run_dir>/checkpoints/<round>/   orbax checkpoints of the whole process state
     <run_dir>/corrupt_checkpoints/<round>/   checkpoints ``--resume`` skipped as corrupt
+    <run_dir>/.lock            locked by the run under way; holds its pid and host
 
 A sweep (``--seeds``, or lists of learning rates) writes config.yaml and the
 checkpoints (of all runs' stacked state) at the top, ``sweep.png`` (every
@@ -17,6 +18,13 @@ row with the run's ``seed``, ``client_lr`` and ``server_lr``.
 
 A directory that cannot be created or written (read-only, below a regular
 file, on a full disk) is a `UsageError` naming the file and the reason.
+
+One process at a time: a run (new or resumed) holds an exclusive lock on
+``<run_dir>/.lock`` (``flock``; the file holds its pid) until it exits, and a
+second ``simulate`` on the same directory is refused in one line naming the
+holder. The kernel drops the lock of a process that dies, even by SIGKILL, so
+a crashed run never leaves a stale lock behind. The file itself stays: removing
+it would let two processes lock two different files of one name.
 """
 
 import contextlib
@@ -25,6 +33,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 
 from fedjax_keras.cli import config as config_lib
 from fedjax_keras.cli._errors import UsageError
@@ -88,6 +97,54 @@ def writing(path: str, action: str = "write"):
         ) from None
 
 
+LOCK_NAME = ".lock"
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking lock on the open file ``fd``; False if another holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock_run_directory(path: str) -> int:
+    """Takes ``<path>/.lock`` for this process, for as long as it runs; returns its fd.
+
+    Raises:
+      UsageError: another process holds it; the message names its pid and host.
+    """
+    lock_path = os.path.join(path, LOCK_NAME)
+    with writing(path, "create"):
+        os.makedirs(path, exist_ok=True)
+    with writing(lock_path, "create"):
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    if not _try_lock(fd):
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise UsageError(
+            f"--run-dir: {path!r} is in use by another run ({holder or 'a process'}); "
+            "wait for it to finish (or stop it), or choose another directory."
+        )
+    with writing(lock_path):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
 class RunDir:
     """Writes one run's files; `rows` holds the metrics written so far."""
 
@@ -100,18 +157,22 @@ class RunDir:
         self.plot_path = os.path.join(path, "curves.png")
         self.checkpoints = os.path.join(path, "checkpoints")
         self.rows: list[dict] = []
+        self.lock_fd: int | None = None  # held open for the run's lifetime (`lock_run_directory`)
 
     @classmethod
     def create(cls, path: str) -> "RunDir":
-        """A new run directory; refuses one that already holds a run."""
+        """A new run directory, locked for this process; refuses one that holds a run."""
         run = cls(path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"--run-dir: {path!r} is a file; expected a directory.")
+        # Lock first: a second process started at the same moment finds no
+        # config.yaml yet, but it cannot take the lock.
+        run.lock_fd = lock_run_directory(path)
         if os.path.exists(run.config_path):
             raise UsageError(
                 f"--run-dir: {path!r} already holds a run; pass --resume to continue it, "
                 "or choose a new directory."
             )
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise UsageError(f"--run-dir: {path!r} is a file; expected a directory.")
         with writing(path, "create"):
             os.makedirs(run.checkpoints, exist_ok=True)
         return run
@@ -133,9 +194,16 @@ class RunDir:
                 f"--resume: {path!r} holds no run (no config.yaml); expected the --run-dir "
                 "of an earlier run."
             )
+        run.lock_fd = lock_run_directory(path)
         with writing(run.checkpoints, "create"):
             os.makedirs(run.checkpoints, exist_ok=True)
         return run
+
+    def release(self) -> None:
+        """Drops the directory's lock (at the end of the run; exiting drops it too)."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def write_config(self, config) -> None:
         """Writes the resolved configuration to config.yaml (what ``--resume`` reads)."""
@@ -184,10 +252,21 @@ class RunDir:
                         break  # a line cut short by the kill
                     if row.get("round", 0) <= up_to_round:
                         rows.append(row)
-        self.rows = rows
+        # One row per round: the first (a file written by two processes at once,
+        # before runs took the directory's lock, holds every round twice).
+        by_round = {}
+        for row in rows:
+            by_round.setdefault(row.get("round"), row)
+        self.rows = list(by_round.values())
         self._rewrite()
 
     def append(self, row: dict) -> None:
+        """Records the metrics of one round, after the rounds already recorded."""
+        if self.rows and row["round"] <= self.rows[-1]["round"]:
+            raise UsageError(
+                f"--run-dir: {self.jsonl_path!r} already holds round {row['round']}; "
+                "expected each round once (did another process write to this directory?)."
+            )
         self.rows.append(row)
         with writing(self.jsonl_path), open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -50,12 +50,13 @@ def run_single(config, resume: bool, run, stop: StopRequest) -> int:
             "(every client is too small); evaluation is skipped.",
             file=sys.stderr,
         )
-    run.write_config(config)
 
     state = process.initialize(config.seed)
     start = 0
     if resume:
-        state, start = checkpoints.restore(run, state)
+        state, start = checkpoints.restore(run, state, config.rounds)
+    # After the restore: a refused --resume leaves config.yaml as it was.
+    run.write_config(config)
     run.load_rows(start)
     if resume and distributed.is_primary():
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)

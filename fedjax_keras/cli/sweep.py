@@ -67,7 +67,6 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
             "(every client is too small); evaluation is skipped.",
             file=sys.stderr,
         )
-    run.write_config(config)
     members = [
         RunDir.sweep_member(os.path.join(run.path, f"run_{k:02d}")) for k in range(len(runs))
     ]
@@ -81,7 +80,9 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
     )
     start = 0
     if resume:
-        states, start = checkpoints.restore(run, states)
+        states, start = checkpoints.restore(run, states, config.rounds)
+    # After the restore: a refused --resume leaves config.yaml as it was.
+    run.write_config(config)
     for member in members:
         member.load_rows(start)
     if resume:

@@ -66,7 +66,7 @@ def _sweep_state(run_dir, round_num):
 @pytest.mark.slow
 def test_each_run_equals_its_single_run(two_rounds, tmp_path, capsys):
     top = sorted(p.name for p in two_rounds.iterdir())
-    assert top == ["checkpoints", "config.yaml", "run_00", "run_01", "sweep.png"]
+    assert top == [".lock", "checkpoints", "config.yaml", "run_00", "run_01", "sweep.png"]
     assert (two_rounds / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = yaml.safe_load((two_rounds / "config.yaml").read_text())
     assert saved["seeds"] == "0,1" and saved["client_lr"] == "0.05,0.1"

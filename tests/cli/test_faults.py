@@ -23,8 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedjax_keras.algorithms import algorithm_names
+from fedjax_keras.cli import config as config_lib
 from fedjax_keras.cli import main
-from fedjax_keras.cli.config import FIELDS, MAX_INT, MAX_SEED
+from fedjax_keras.cli._errors import UsageError
+from fedjax_keras.cli.config import CHANGEABLE_ON_RESUME, FIELDS, MAX_INT, MAX_SEED
+from fedjax_keras.cli.run_dir import RunDir
 
 DRIVER = Path(__file__).resolve().parents[1] / "fault_driver.py"
 EXPECTED_STATUS = {"kill": -9, "int": 130, "enospc": 2}
@@ -368,3 +371,104 @@ def test_bad_yaml_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, text)
     path.write_text(text)
     args = [*TINY, "--rounds", "0", "--config", str(path)]
     _assert_one_line(*_main_status_and_lines(capsys, args), args, "--config")
+
+
+# ------------------------------------------------------- one run per directory, rounds once
+
+
+def _resume(run_dir, *flags):
+    return ["simulate", "--resume", "--run-dir", str(run_dir), "--no-progress", *flags]
+
+
+def test_a_run_directory_is_held_by_one_run_at_a_time(tmp_path):
+    first = RunDir.create(str(tmp_path / "run"))
+    with pytest.raises(UsageError, match=rf"in use by another run \(pid {os.getpid()} on "):
+        RunDir.create(str(tmp_path / "run"))
+    first.write_config(config_lib.resolve({}, {}, {"task": "synthetic"}))
+    with pytest.raises(UsageError, match="in use by another run"):
+        RunDir.open_existing(str(tmp_path / "run"))  # --resume waits its turn too
+    first.release()
+    RunDir.open_existing(str(tmp_path / "run")).release()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    run_dir = tmp_path / "run"
+    script = (
+        "import os, signal, sys\n"
+        "from fedjax_keras.cli.run_dir import RunDir\n"
+        "RunDir.create(sys.argv[1])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir)], capture_output=True, timeout=120
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert "pid" in (run_dir / ".lock").read_text()  # the dead holder's note stays
+    RunDir.create(str(run_dir)).release()  # but not its lock
+
+
+def test_each_round_is_recorded_once(tmp_path):
+    run = RunDir.create(str(tmp_path / "run"))
+    rows = [{"round": r, "train_loss": 1.0 / r} for r in (1, 2, 3, 1, 2, 3)]
+    Path(run.jsonl_path).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run.load_rows(2)  # a file two processes wrote: each round once, in order
+    assert [row["round"] for row in run.rows] == [1, 2]
+    assert len(Path(run.jsonl_path).read_text().splitlines()) == 2
+    with pytest.raises(UsageError, match="already holds round 2"):
+        run.append({"round": 2, "train_loss": 0.5})
+    run.append({"round": 3, "train_loss": 0.3})
+    assert [json.loads(line)["round"] for line in Path(run.jsonl_path).open()] == [1, 2, 3]
+    run.release()
+
+
+def test_resume_with_fewer_rounds_than_done_is_refused_and_changes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--rounds", "3", "--run-dir", "run"]) == 0
+    config_before = Path("run/config.yaml").read_bytes()
+    status, lines = _main_status_and_lines(capsys, _resume("run", "--rounds", "2"))
+    _assert_one_line(status, lines, "--rounds 2", "--rounds 2")
+    assert "already done 3 rounds" in lines[0] and "--rounds 3 or more" in lines[0]
+    assert Path("run/config.yaml").read_bytes() == config_before
+    # As many rounds as done: nothing to do, and nothing changes.
+    assert main(_resume("run", "--rounds", "3")) == 0
+    assert Path("run/config.yaml").read_bytes() == config_before
+    assert [json.loads(line)["round"] for line in Path("run/metrics.jsonl").open()] == [1, 2, 3]
+
+
+def test_the_resume_refusal_names_every_flag_that_may_change(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--rounds", "1", "--run-dir", "run"]) == 0
+    status, lines = _main_status_and_lines(capsys, _resume("run", "--seed", "7"))
+    _assert_one_line(status, lines, "--seed 7", "--seed")
+    for name in CHANGEABLE_ON_RESUME:
+        assert "--" + name.replace("_", "-") in lines[0]
+
+
+@pytest.mark.slow
+def test_two_simulations_started_on_one_new_directory(tmp_path):
+    """One runs to the end, the other is refused in one line; every round is logged once."""
+    args = [*TINY, "--rounds", "4", "--run-dir", str(tmp_path / "run")]
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fedjax_keras", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    results = [(proc.wait(timeout=300), proc.stderr.read()) for proc in procs]
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [0, 2], results
+    refused = next(err for status, err in results if status == 2)
+    lines = _lines(refused)
+    assert len(lines) == 1 and lines[0].startswith("fedjax-keras: error: --run-dir:"), refused
+    # Started together, the second finds the directory locked (or, if the first
+    # was already done, holding a run); it never writes.
+    assert "in use by another run (pid" in lines[0] or "already holds a run" in lines[0]
+    rounds = [json.loads(line)["round"] for line in (tmp_path / "run/metrics.jsonl").open()]
+    assert rounds == [1, 2, 3, 4]
