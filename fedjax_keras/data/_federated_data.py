@@ -210,7 +210,9 @@ class FederatedData:
           client_ids: C distinct hashable ids; default ``0..C-1``.
 
         Returns:
-          FederatedData with C clients and N examples (no copy of the arrays).
+          FederatedData with C clients and N examples (no copy of the arrays:
+          a process notices changes made to them in place between rounds and
+          uses the new values; docs/datasets.md).
 
         Raises:
           TypeError: if a leaf is not convertible to a numeric array, or the

@@ -18,7 +18,8 @@ One round of a `FederatedProcess`:
    (`fedjax_keras.engine._results`).
 
 This module holds what a process keeps between rounds (its options, its
-caches) and the loop over a round's chunks.
+compiled programs; what it derives from its cohorts is in
+`fedjax_keras.engine._cohort_caches`) and the loop over a round's chunks.
 
 Three names for one thing: ``runner=`` is the option that picks how a chunk of
 clients runs (`fedjax_keras.engine._runner`); the object that does it is an
@@ -38,21 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_keras._numbers import is_integer
 from fedjax_keras.client import ClientTable, round_key
-from fedjax_keras.data import FederatedData, padding_warning
+from fedjax_keras.data import padding_warning
 from fedjax_keras.engine._algorithm import FederatedAlgorithm, require_model
-from fedjax_keras.engine._checks import (
-    check_cohort_fits,
-    check_state,
-    checked_cohort,
-    cohort_signature,
-    state_template,
-)
+from fedjax_keras.engine._checks import check_state, checked_cohort, state_template
+from fedjax_keras.engine._cohort_caches import CohortCaches
 from fedjax_keras.engine._options import EngineOptions
 from fedjax_keras.engine._plan import (
     RoundPlan,
     chunk_arrays,
-    device_source,
     plan_round,
 )
 from fedjax_keras.engine._results import (
@@ -73,17 +69,6 @@ from fedjax_keras.engine._state import (
 from fedjax_keras.errors import NonFiniteServerUpdateError, PaddingWarning
 from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.parallel import Placement
-
-
-class _Caches:
-    """What a process remembers between rounds; none of it changes a number."""
-
-    def __init__(self):
-        self.source = None  # the population's device copy, a SourceCache
-        self.fitting_signatures: set = set()
-        self.checked_labels: set = set()
-        self.output_spec = None
-        self.state_template = None
 
 
 class FederatedProcess:
@@ -121,7 +106,9 @@ class FederatedProcess:
             make_chunk_program(algorithm, model),
             self.placement,
         )
-        self._caches = _Caches()
+        self._cohort_caches = CohortCaches(model, self.options, self.placement)
+        self._output_spec_cache = None
+        self._state_template_cache = None
         self._padding_warned = False
         self._start = self.placement.jit(self.start_carry, static_argnums=(2,))
         self._finish = self.placement.jit(self.finish)
@@ -153,9 +140,9 @@ class FederatedProcess:
 
     def _output_spec(self):
         """One client's `ClientOutput` as `jax.ShapeDtypeStruct`, traced once."""
-        if self._caches.output_spec is None:
-            self._caches.output_spec = client_output_spec(self.model, self.algorithm)
-        return self._caches.output_spec
+        if self._output_spec_cache is None:
+            self._output_spec_cache = client_output_spec(self.model, self.algorithm)
+        return self._output_spec_cache
 
     def initialize(self, seed: int = 0) -> ServerState:
         """The initial server state: the model's initial weights, fresh optimizer state.
@@ -168,11 +155,7 @@ class FederatedProcess:
           ValueError: for a seed out of that range (the round's shuffle seed
             is ``seed * 2**32 + round_num``).
         """
-        if (
-            not isinstance(seed, (int, np.integer))
-            or isinstance(seed, bool)
-            or not 0 <= seed < 2**32
-        ):
+        if not is_integer(seed) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32); received {seed!r}.")
         weights = jax.tree.map(jnp.asarray, self.model.initial_weights)
         optimizer_state, algorithm_state = self.algorithm.server_init(weights)
@@ -220,41 +203,11 @@ class FederatedProcess:
 
     def _state_template(self):
         """(template, treedef, leaf shapes) of this process's states, client table rows aside."""
-        if self._caches.state_template is None:
-            self._caches.state_template = state_template(jax.eval_shape(lambda: self.initialize(0)))
-        return self._caches.state_template
+        if self._state_template_cache is None:
+            self._state_template_cache = state_template(jax.eval_shape(lambda: self.initialize(0)))
+        return self._state_template_cache
 
     # ------------------------------------------------------------------ cohort
-    def _check_cohort_fits(self, cohort: FederatedData) -> None:
-        """`check_cohort_fits`, once per distinct signature of the cohort's examples."""
-        signature = cohort_signature(cohort)
-        if signature in self._caches.fitting_signatures:
-            return
-        check_cohort_fits(self.model, cohort)
-        self._caches.fitting_signatures.add(signature)
-
-    def _check_labels(self, cohort: FederatedData) -> None:
-        """Integer labels out of the model's classes are an error, checked once per source."""
-        source, _ = cohort.source_rows
-        key = tuple(id(leaf) for leaf in jax.tree.leaves(source["y"]))
-        if key in self._caches.checked_labels:
-            return
-        self.model.check_labels(cohort)
-        if len(self._caches.checked_labels) > 64:
-            self._caches.checked_labels.clear()
-        self._caches.checked_labels.add(key)
-
-    def _device_source(self, source: dict):
-        """`device_source`, with the population's device copy kept between rounds."""
-        on_device, self._caches.source = device_source(
-            source,
-            self._caches.source,
-            data_placement=self.options.data_placement,
-            limit_bytes=self.options.data_limit_bytes,
-            placement=self.placement,
-        )
-        return on_device
-
     def bound_executor(self, executor):
         """``executor`` bound to this process's chunk program and mesh, bound once."""
         return self._runner.bind(executor)
@@ -352,8 +305,7 @@ class FederatedProcess:
         cohort = checked_cohort(
             cohort, keeps_client_state=state.client_states is not None, name=self.name
         )
-        self._check_cohort_fits(cohort)
-        self._check_labels(cohort)
+        on_device = self._cohort_caches.checked_source(cohort)
         reports = jax.tree.leaves(self._output_spec().report)
         return plan_round(
             state,
@@ -361,7 +313,7 @@ class FederatedProcess:
             options=self.options,
             placement=self.placement,
             broadcast=self.algorithm.broadcast,
-            source=self._device_source(cohort.source_rows[0]),
+            source=on_device,
             needs_slots=self.algorithm.aggregator.stacked or bool(reports),
         )
 
