@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_keras._numbers import is_real
 from fedjax_keras.aggregation._aggregator import (
     Aggregator,
     Contributions,
@@ -107,11 +108,11 @@ def attacked(
     inner = check_aggregator(inner, "inner")
     if kind not in ATTACKS:
         raise ValueError(f"kind must be one of {ATTACKS}; received {kind!r}.")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+    if not is_real(fraction):
         raise ValueError(f"fraction must be a number in [0, 1]; received {fraction!r}.")
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be in [0, 1]; received {fraction!r}.")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+    if not is_real(scale):
         raise ValueError(f"scale must be a number; received {scale!r}.")
     fraction, scale = float(fraction), float(scale)
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_keras._numbers import is_real
 from fedjax_keras.aggregation._aggregator import (
     Aggregator,
     Contributions,
@@ -60,11 +61,8 @@ def clip_factors(norms: jax.Array, norm) -> jax.Array:
 
 def check_norm(norm, name: str = "norm") -> float:
     """``norm`` as a float if it is a positive finite number, else a ValueError with the fix."""
-    try:
-        value = float(norm)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not (value > 0 and value < float("inf")) or isinstance(norm, bool):
+    value = float(norm) if is_real(norm) else float("nan")
+    if not (value > 0 and value < float("inf")):
         raise ValueError(f"{name} must be a positive finite number (e.g. 1.0); received {norm!r}.")
     return value
 

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_keras._numbers import is_integer
 from fedjax_keras.aggregation._aggregator import (
     Aggregator,
     Contributions,
@@ -138,8 +139,9 @@ def quantized(bits: int, inner: Aggregator, *, rotation: bool = False) -> Aggreg
       >>> aggregator = quantized(8, mean())   # about 4x fewer bits than float32
     """
     inner = check_aggregator(inner, "inner")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+    if not is_integer(bits) or not 1 <= bits <= 16:
         raise ValueError(f"bits must be an int from 1 to 16; received {bits!r}.")
+    bits = int(bits)
 
     def bits_of_spec(spec):
         sizes = _leaf_sizes(spec)
@@ -191,8 +193,9 @@ def top_k(k: int, inner: Aggregator, *, error_feedback: bool = True) -> Aggregat
       >>> aggregator = top_k(100, mean())   # build_weighted_fed_avg(..., aggregator=aggregator)
     """
     inner = check_aggregator(inner, "inner")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_integer(k) or k < 1:
         raise ValueError(f"k must be a positive int (coordinates kept); received {k!r}.")
+    k = int(k)
 
     def bits_of_spec(spec):
         size = sum(_leaf_sizes(spec))

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_keras._numbers import is_real
 from fedjax_keras.aggregation._aggregator import (
     Aggregator,
     Contributions,
@@ -83,11 +84,8 @@ class DPAccumulator(NamedTuple):
 
 
 def _check_non_negative(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not 0 <= number < float("inf"):
+    number = float(value) if is_real(value) else float("nan")
+    if not 0 <= number < float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0; received {value!r}.")
     return number
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_keras._numbers import is_integer, is_real
 from fedjax_keras.aggregation._aggregator import Aggregator, Contributions
 
 
@@ -120,11 +121,12 @@ def trimmed_mean(beta: float) -> Aggregator:
     Returns:
       A stacked `Aggregator`; its metric ``trimmed_per_side`` is ``floor(beta k)``.
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 0.5:
+    if not is_real(beta) or not 0 <= beta < 0.5:
         raise ValueError(
             f"beta must be a fraction in [0, 0.5) trimmed at each end (0.1 drops the top and "
             f"bottom 10% of every coordinate); received {beta!r}."
         )
+    beta = float(beta)
 
     def finalize(acc: StackedRows, state, key):
         del key
@@ -190,8 +192,9 @@ def krum(num_byzantine: int, num_selected: int = 1) -> Aggregator:
     """
     checks = (("num_byzantine", num_byzantine, 0), ("num_selected", num_selected, 1))
     for name, value, low in checks:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_integer(value) or value < low:
             raise ValueError(f"{name} must be an int >= {low}; received {value!r}.")
+    num_byzantine, num_selected = int(num_byzantine), int(num_selected)
 
     def finalize(acc: StackedRows, state, key):
         del key

@@ -2,8 +2,7 @@
 
 import math
 
-import numpy as np
-
+from fedjax_keras._numbers import is_integer, is_real
 from fedjax_keras.aggregation import Aggregator, check_aggregator, mean
 
 
@@ -23,7 +22,7 @@ def check_number(
       minimum, maximum: the allowed range (None: unbounded).
       strict: the minimum itself is excluded (``> minimum``).
     """
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = is_real(value)
     ok = ok and math.isfinite(float(value))
     if ok and minimum is not None:
         ok = float(value) > minimum if strict else float(value) >= minimum
@@ -39,7 +38,7 @@ def check_number(
 
 def check_count(value, argument: str, *, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, or a ValueError naming ``argument``."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or int(value) < minimum:
+    if not is_integer(value) or int(value) < minimum:
         raise ValueError(f"{argument} must be an integer >= {minimum}; received {value!r}.")
     return int(value)
 

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_keras._numbers import is_integer
 from fedjax_keras._tree import tree_where
 from fedjax_keras.aggregation import Aggregator, by_key, mean
 from fedjax_keras.algorithms._builder import process_builder
@@ -108,7 +109,7 @@ def staleness_weight(tau, exponent: float) -> jax.Array:
 
 
 def _check_probs(max_staleness, staleness_probs) -> np.ndarray:
-    if isinstance(max_staleness, bool) or not isinstance(max_staleness, (int, np.integer)):
+    if not is_integer(max_staleness):
         raise ValueError(f"max_staleness must be an int >= 0; received {max_staleness!r}.")
     if max_staleness < 0:
         raise ValueError(f"max_staleness must be an int >= 0; received {max_staleness!r}.")

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_keras._numbers import is_real
 from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._builder import process_builder
@@ -87,7 +88,7 @@ def fed_dyn(
     """
     require_model(model)
     weighting = as_client_weighting(weighting)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+    if not is_real(alpha) or not alpha > 0:
         raise ValueError(
             f"alpha must be a number > 0 (FedDyn divides by it); received {alpha!r}. For "
             "local training without the dynamic regulariser use build_weighted_fed_avg."

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_keras._numbers import is_real
 from fedjax_keras.aggregation import Aggregator, by_key, mean
 from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default
@@ -72,12 +73,7 @@ def solver_norm(num_steps, learning_rate, momentum: float, mu: float) -> jax.Arr
 
 
 def _check(value, name, low, high=None):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value >= low
-        or (high is not None and not value < high)
-    ):
+    if not is_real(value) or not value >= low or (high is not None and not value < high):
         bound = f"in [{low}, {high})" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be a number {bound}; received {value!r}.")
     return float(value)

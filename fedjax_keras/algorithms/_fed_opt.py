@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_keras._numbers import is_real
 from fedjax_keras.aggregation import Aggregator
 from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._fed_avg import fed_avg
@@ -74,13 +75,11 @@ def adaptive_server_optimizer(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; received {kind!r}.")
     for name, value in (("beta1", beta1), ("beta2", beta2)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        if not is_real(value) or not 0 <= value < 1:
             raise ValueError(f"{name} must be a number in [0, 1); received {value!r}.")
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
+    if not is_real(tau) or not tau > 0:
         raise ValueError(f"tau must be a number > 0; received {tau!r}.")
-    if not callable(learning_rate) and not (
-        isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool)
-    ):
+    if not callable(learning_rate) and not (is_real(learning_rate)):
         raise ValueError(
             f"learning_rate must be a number or an optax schedule; received {learning_rate!r}."
         )

@@ -47,6 +47,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from jax import tree_util
 
+from fedjax_keras._numbers import is_integer
+
 from ._buckets import bucket
 from ._federated_data import FederatedData
 
@@ -425,4 +427,4 @@ def _check_args(cohort, batch_size, epochs, shuffle, seed, chunk_size) -> None:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return is_integer(value)

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 from jax import tree_util
 
+from fedjax_keras._numbers import is_integer
+
 
 def is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return is_integer(value)
 
 
 def take_rows(tree: Any, rows: np.ndarray) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_keras._numbers import is_integer
 from fedjax_keras.data._federated_data import FederatedData
 
 # Dirichlet draws are repeated until every client holds min_size examples
@@ -241,7 +242,7 @@ def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return is_integer(value)
 
 
 def _num_rows(tree) -> set[int]:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_keras._numbers import is_real
+
 from ._client_arrays import is_int
 
 # A floor a hair below an integer is treated as that integer: 0.29 * 100 is
@@ -51,11 +53,7 @@ def poisson_positions(population: int, probability: float, seed: Any) -> np.ndar
     Raises:
       ValueError: if probability is not a number in [0, 1].
     """
-    if (
-        isinstance(probability, bool)
-        or not isinstance(probability, (int, float, np.floating))
-        or not 0 <= probability <= 1
-    ):
+    if not is_real(probability) or not 0 <= probability <= 1:
         raise ValueError(
             f"probability must be a number in [0, 1] (each client's chance to join the "
             f"round); received {probability!r}."
@@ -82,7 +80,7 @@ def split_rows(sizes: np.ndarray, test_fraction: float, seed: Any):
     Raises:
       ValueError: if test_fraction is not in (0, 1).
     """
-    if not (isinstance(test_fraction, (int, float, np.number)) and 0 < test_fraction < 1):
+    if not (is_real(test_fraction) and 0 < test_fraction < 1):
         raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.")
     num_examples = int(np.sum(sizes))
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)

@@ -19,12 +19,14 @@ import dataclasses
 
 import numpy as np
 
+from fedjax_keras._numbers import is_real
+
 # Mixed into the round's seed so these draws never coincide with the shuffle's.
 _STREAM = 0x0DD5EED
 
 
 def _is_probability(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return is_real(value) and 0 <= value <= 1
 
 
 @dataclasses.dataclass(frozen=True)

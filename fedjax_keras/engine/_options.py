@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from fedjax_keras._numbers import is_integer
 from fedjax_keras.data import UnreliableClients, bucket
 from fedjax_keras.parallel import Stepwise, Vmap, check_mesh
 
@@ -15,7 +16,7 @@ DATA_PLACEMENTS = ("auto", "device", "host")
 
 
 def is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+    return is_integer(value) and value >= 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +106,7 @@ class EngineOptions:
                 f"{self.data_placement!r}."
             )
         limit = self.device_data_limit
-        if limit is not None and not (
-            isinstance(limit, (int, np.integer)) and not isinstance(limit, bool) and limit >= 0
-        ):
+        if limit is not None and not (is_integer(limit) and limit >= 0):
             raise TypeError(
                 f"device_data_limit must be a number of bytes (int >= 0) or None; "
                 f"received {limit!r}."

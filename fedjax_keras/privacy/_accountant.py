@@ -19,6 +19,8 @@ dp-accounting has RDP bounds only.
 import dataclasses
 import math
 
+from fedjax_keras._numbers import is_integer, is_real
+
 KINDS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
 
@@ -36,7 +38,7 @@ def require_dp_accounting():
 
 
 def _check_probability(q) -> float:
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
+    if not is_real(q) or not 0 < q <= 1:
         raise ValueError(
             f"sampling_probability must be in (0, 1] (clients per round / population); "
             f"received {q!r}."
@@ -153,10 +155,9 @@ def accountant(
         raise ValueError(f"kind must be one of {KINDS}; received {kind!r}.")
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}; received {sampling!r}.")
-    if population is not None and (
-        isinstance(population, bool) or not isinstance(population, int) or population < 1
-    ):
+    if population is not None and (not is_integer(population) or population < 1):
         raise ValueError(f"population must be a positive int; received {population!r}.")
+    population = None if population is None else int(population)
     if sampling == "fixed":
         if population is None:
             raise ValueError(
@@ -176,7 +177,7 @@ def accountant(
                 "population) or delta= explicitly."
             )
         delta = 1.0 / population
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+    if not is_real(delta) or not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1); received {delta!r}.")
     return Accountant(z, q, float(delta), kind, sampling, population)
 
@@ -213,8 +214,9 @@ def noise_multiplier_for(
     """
     if not target_epsilon > 0:
         raise ValueError(f"target_epsilon must be > 0; received {target_epsilon!r}.")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    if not is_integer(rounds) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1; received {rounds!r}.")
+    rounds = int(rounds)
 
     def epsilon(z):
         return accountant(z, sampling_probability, delta, kind, sampling, population).epsilon(
