@@ -5,8 +5,10 @@ that differ between two instances of the same architecture, and the order of
 ``get_weights()`` mixes trainable and non-trainable variables. We name each
 variable by where it sits in the layer tree instead: within every container the
 child layers are named after their class in snake case, numbered from the second
-on (``dense``, ``dense_1``), the same scheme Keras' saving format uses. Two
-instances of one architecture, or a clone, therefore share the same paths.
+on (``dense``, ``dense_1``), the same scheme Keras' saving format uses. A variable made without a
+name (Keras numbers those from a process-wide counter: ``variable_36``) is
+``variable``, ``variable_1``, ... within its layer. Two instances of one
+architecture, or a clone, therefore share the same paths.
 """
 
 import dataclasses
@@ -31,12 +33,23 @@ def _unique(name: str, used: dict[str, int]) -> str:
     return f"{name}_{used[name]}"
 
 
+# ``add_weight()`` without a name: Keras numbers these from a process-wide counter
+# (``variable_36``), so two instances of one architecture name them differently.
+_UNNAMED = re.compile(r"variable(_\d+)?")
+
+
+def _variable_name(variable) -> str:
+    """The variable's name in its layer, the counter of an unnamed one dropped."""
+    return "variable" if _UNNAMED.fullmatch(variable.name) else variable.name
+
+
 def _walk(layer, prefix: str, paths: dict[int, str], seeds: dict[int, str]) -> None:
     used: dict[str, int] = {}
     own = list(layer._trainable_variables) + list(layer._non_trainable_variables)
     for variable in own:
         if id(variable) not in paths:
-            paths[id(variable)] = prefix + _unique(variable.name, used)
+            # Unnamed ones are numbered within their layer, in creation order.
+            paths[id(variable)] = prefix + _unique(_variable_name(variable), used)
     for generator in getattr(layer, "_seed_generators", []):
         state = generator.state
         if id(state) not in paths and id(state) not in seeds:
