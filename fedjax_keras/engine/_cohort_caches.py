@@ -3,10 +3,11 @@
 A run samples its cohorts from one population, round after round, so three
 things are done once per population rather than once per round: checking that
 its examples fit the model (once per shape signature), checking its sparse
-labels against the model's classes, and copying it to the devices. All three
-are forgotten when the population's arrays are changed in place
-(`SourceFingerprint`), so a round never trains on, or vouches for, values the
-arrays no longer hold. None of it changes a number.
+labels against the model's classes, and copying it to the devices. The last
+two are forgotten when the population's arrays are changed in place
+(`SourceFingerprint`, checked while the device runs the round, which then runs
+again), so no round's result comes from values the arrays no longer hold.
+None of it changes a number.
 """
 
 import jax
@@ -63,7 +64,6 @@ class CohortCaches:
           LabelRangeError: a sparse label out of the model's classes.
         """
         self._check_fits(cohort)
-        self._forget_if_changed(cohort)
         self._check_labels(cohort)
         source, _ = cohort.source_rows
         on_device, self._source = device_source(
@@ -81,19 +81,27 @@ class CohortCaches:
             check_cohort_fits(self._model, cohort)
             self._fitting_signatures.add(signature)
 
-    def _forget_if_changed(self, cohort: FederatedData) -> None:
+    def forget_if_changed(self, cohort: FederatedData) -> bool:
+        """Whether the cohort's rows changed in place since `checked_source` vouched for them.
+
+        If they did, the device copy and the label check are dropped (the next
+        `checked_source` redoes both) and the source fingerprinted again. The
+        first call for a source fingerprints it. The process calls this while
+        the device runs the round, so the hashing costs no round time there.
+        """
         source, starts = cohort.source_rows
         key = _source_key(source)
         known = self._fingerprints.get(key)
         if known is not None and not known.changed(starts, cohort.client_sizes):
-            return
-        if known is not None:  # changed in place: the copy and the label check are stale
+            return False
+        if known is not None:
             self._source = None
             self._checked_labels.discard(_labels_key(source))
         self._fingerprints.pop(key, None)
         while len(self._fingerprints) >= _FINGERPRINTS_KEPT:
             self._fingerprints.pop(next(iter(self._fingerprints)))
         self._fingerprints[key] = SourceFingerprint(source)
+        return known is not None
 
     def _check_labels(self, cohort: FederatedData) -> None:
         source, _ = cohort.source_rows

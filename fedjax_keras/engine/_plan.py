@@ -195,6 +195,7 @@ class RoundPlan(NamedTuple):
         carries row indices (one program for chunks of different lengths).
       round_num: the round's number.
       seed: the run's seed.
+      cohort: the round's clients, checked (a list cohort converted).
     """
 
     state: ServerState
@@ -206,6 +207,7 @@ class RoundPlan(NamedTuple):
     row_steps: int
     round_num: int
     seed: int
+    cohort: FederatedData
 
 
 def plan_round(
@@ -265,6 +267,7 @@ def plan_round(
         row_steps=bucket(int(plan.chunk_steps.max()), "pow2"),
         round_num=round_num,
         seed=seed,
+        cohort=cohort,
     )
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from fedjax_keras._numbers import is_integer
 from fedjax_keras.client import ClientTable, round_key
-from fedjax_keras.data import padding_warning
+from fedjax_keras.data import FederatedData, padding_warning
 from fedjax_keras.engine._algorithm import FederatedAlgorithm, require_model
 from fedjax_keras.engine._checks import check_state, checked_cohort, state_template
 from fedjax_keras.engine._cohort_caches import CohortCaches
@@ -208,6 +208,14 @@ class FederatedProcess:
         return self._state_template_cache
 
     # ------------------------------------------------------------------ cohort
+    def forget_if_source_changed(self, cohort: FederatedData) -> bool:
+        """Whether ``cohort``'s arrays changed in place since its round was planned.
+
+        The caches that vouched for them (device copy, label check) are dropped,
+        so the round must be run again; `next` and `Sweep.next` do.
+        """
+        return self._cohort_caches.forget_if_changed(cohort)
+
     def bound_executor(self, executor):
         """``executor`` bound to this process's chunk program and mesh, bound once."""
         return self._runner.bind(executor)
@@ -247,6 +255,7 @@ class FederatedProcess:
             ``max_nonfinite_rounds`` consecutive rounds.
           ValueError / TypeError: a cohort that does not fit the model or the state.
         """
+        given = state
         round_plan = self.prepare_round(state, cohort)
         state, plan, row_steps = round_plan.state, round_plan.cohort_plan, round_plan.row_steps
         carry = self._start(state.aggregator_state, state.client_states, round_plan.capacity)
@@ -271,6 +280,11 @@ class FederatedProcess:
         new_state, metrics, flags, reports = self._finish(
             state, carry, round_plan.inputs.seed_and_round
         )
+        # Checked while the device runs the round (nothing above waited for it).
+        if self._cohort_caches.forget_if_changed(round_plan.cohort):
+            # The arrays changed in place since the caches vouched for them: the
+            # round ran on stale values or unchecked labels. Run it again on the new.
+            return self.next(given, round_plan.cohort)
         host_metrics = to_host_metrics(metrics)
         host_metrics.update(client_reports(reports, plan))
         nonfinite = bool(host_metrics["server_update_nonfinite"])

@@ -203,6 +203,10 @@ class Sweep:
             steps = np.array([self._executor.num_steps(host) for _, host in parts], np.int32)
             carry = self._run_chunk(carry, inputs, chunk, steps)
         new_states, metrics, _, reports = self._finish(stacked_states, carry, inputs.seed_and_round)
+        # As `FederatedProcess.next`: a source changed in place runs the round again.
+        changed = [self.process.forget_if_source_changed(p.cohort) for p in prepared]
+        if any(changed):
+            return self.next(states, [p.cohort for p in prepared])
         metrics = to_host_metrics(metrics)
         per_run = []
         for k, p in enumerate(prepared):

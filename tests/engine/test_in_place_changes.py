@@ -11,6 +11,7 @@ import optax
 import pytest
 from engine_reference import NUM_CLASSES, wrap
 
+import fedjax_keras as fk
 from fedjax_keras import algorithms as alg
 from fedjax_keras.data import FederatedData
 from fedjax_keras.engine._fingerprint import BLOCK_BYTES, SourceFingerprint
@@ -87,3 +88,17 @@ def test_fingerprint_rehashes_only_the_cohorts_blocks():
     assert not fingerprint.changed([2 * rows], [0])  # an empty client reads nothing
     assert fingerprint.changed([2 * rows - 1], [2])  # straddles blocks 1 and 2
     assert fingerprint.changed([0, 2 * rows + 5], [1, 1])
+
+
+def test_a_sweep_sees_the_change_too(model):
+    x, y, offsets = _arrays()
+    data = FederatedData.from_arrays(x, y, offsets)
+    sweep = fk.sweep(
+        lambda c, s: alg.build_weighted_fed_avg(model, c, s, runner="vmap", **ENGINE),
+        seeds=[0, 1],
+        client_learning_rates=[0.1, 0.05],
+    )
+    states = sweep.next(sweep.initialize(), data).state
+    y[:] = 99
+    with pytest.raises(LabelRangeError, match="has the label 99"):
+        sweep.next(states, data)
