@@ -15,6 +15,11 @@ from fedjax_keras.cli.interrupt import resume_command
 # kills itself with SIGKILL, as a preempted job would be; tests/checkpoint/test_checkpoint.py
 # uses it to check that --resume repeats the uninterrupted run bit for bit.
 KILL_AFTER_ROUND_ENV = "FEDJAX_KERAS_KILL_AFTER_ROUND"
+# Test hook: with it set, only the process of this index (jax.process_index())
+# kills itself after KILL_AFTER_ROUND_ENV's round; `fedjax-keras launch` gives
+# every process the same environment, and tests/cli/test_launch_faults.py kills
+# one of them to check that the launcher stops the others.
+KILL_PROCESS_ENV = "FEDJAX_KERAS_KILL_PROCESS"
 
 
 def restore(run, template, rounds: int):
@@ -116,6 +121,17 @@ def after_round(
     return None
 
 
+def _kill_after_round() -> str | None:
+    """`KILL_AFTER_ROUND_ENV`'s round in the process `KILL_PROCESS_ENV` names (all if unset)."""
+    only = os.environ.get(KILL_PROCESS_ENV)
+    if only is not None:
+        import jax
+
+        if int(only) != jax.process_index():
+            return None
+    return os.environ.get(KILL_AFTER_ROUND_ENV)
+
+
 def play_rounds(run, config, state, first: int, play_round, *, stopping, progress) -> int | None:
     """A run's round loop (a single run's or a sweep's), with checkpoints and interrupts.
 
@@ -132,7 +148,7 @@ def play_rounds(run, config, state, first: int, play_round, *, stopping, progres
     Returns:
       The exit status when the loop was interrupted (130), else None.
     """
-    kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
+    kill_after = _kill_after_round()
     try:
         for round_num in range(first, config.rounds):
             state = play_round(round_num, state)

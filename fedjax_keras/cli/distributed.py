@@ -1,19 +1,17 @@
-"""Running ``fedjax-keras simulate`` as several processes: roles, agreement, ``launch``.
+"""Running ``fedjax-keras simulate`` as several processes: roles and agreement.
 
 Every process of a multi-process run executes the same rounds; process 0 (the
 primary) alone writes the run directory, the metrics, the plots and the
 checkpoints, and restores a resumed run's checkpoint, which it then
 broadcasts. Decisions that would otherwise differ between processes (a
 Ctrl-C seen by one of them) are agreed on after every round, so no process
-waits forever in a collective the others never reach.
+waits forever in a collective the others never reach. ``fedjax-keras launch``,
+which starts the processes of a local run, is `fedjax_keras.cli.launcher`.
 """
 
 import os
-import socket
-import subprocess
-import sys
 
-from fedjax_keras.parallel import COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV
+from fedjax_keras.parallel import NUM_PROCESSES_ENV
 
 # Set to 1 to join a cluster JAX detects by itself (SLURM, TPU pods, Open MPI).
 DETECT_ENV = "FEDJAX_KERAS_DISTRIBUTED"
@@ -93,53 +91,3 @@ class NullRun:
 
     def release(self) -> None:
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(num_processes: int, command: list[str], port: int | None = None) -> int:
-    """Starts ``num_processes`` local processes of ``fedjax-keras <command>``; their status.
-
-    Process 0's output goes to this terminal; the others' error output is shown
-    only if one fails. When a process fails the others are stopped. Returns the
-    first non-zero exit status, or 0.
-    """
-    port = port or _free_port()
-    procs = []
-    for process_id in range(num_processes):
-        env = {
-            **os.environ,
-            COORDINATOR_ENV: f"127.0.0.1:{port}",
-            NUM_PROCESSES_ENV: str(num_processes),
-            PROCESS_ID_ENV: str(process_id),
-        }
-        quiet = subprocess.PIPE if process_id else None
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "fedjax_keras", *command],
-                env=env,
-                stdout=subprocess.DEVNULL if process_id else None,
-                stderr=quiet,
-                text=True,
-            )
-        )
-    status = 0
-    try:
-        for process_id, proc in enumerate(procs):
-            _, stderr = proc.communicate()
-            if proc.returncode and not status:
-                status = proc.returncode
-                if stderr:
-                    sys.stderr.write(f"[process {process_id}] " + stderr[-4000:])
-                for other in procs:
-                    if other.poll() is None:
-                        other.terminate()
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.wait()
-        return 130
-    return status

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from fedjax_keras.cli import config as config_lib
-from fedjax_keras.cli import distributed
+from fedjax_keras.cli import distributed, launcher
 from fedjax_keras.cli._errors import UsageError
 from fedjax_keras.cli.arguments import LaunchCommand, parse_command_line
 from fedjax_keras.cli.arguments import build_parser as build_parser
@@ -44,7 +44,12 @@ def _launch(args: dict) -> int:
             "launch: a sweep (--seeds, or a list in --client-lr or --server-lr) runs in one "
             "process; run it with fedjax-keras simulate."
         )
-    return distributed.launch(count, rest, port)
+    # Every process, and the launcher's line about a process that died, must
+    # name the same run directory: a default one is chosen here, once.
+    run_dir = resolve_command_line(rest)[0].run_dir
+    if "run_dir" not in flags:
+        rest += ["--run-dir", run_dir]
+    return launcher.launch(count, rest, port, run_dir)
 
 
 def simulate(config, resume: bool) -> int:
