@@ -149,6 +149,17 @@ CASES = {
     ),
 }
 
+# Each algorithm's numbers are tested in its own file (by hand), the executors' agreement
+# in tests/parallel/ and the sweep's in tests/engine/test_sweep.py. In the fast tier, the
+# algorithms of different shapes (plain, proximal, adaptive server, client table, personal
+# models, broadcast state, stacked clusters, evaluation) show the factories run everywhere;
+# the others run in the slow tier.
+FAST_CASES = ("fed_avg", "fed_prox", "fed_adam", "scaffold", "ditto", "mime", "hyp_cluster")
+CASE_NAMES = [
+    name if name in FAST_CASES + ("fed_eval",) else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(CASES)
+]
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -200,7 +211,7 @@ def _vmapped(name, model, population):
     return _train(_factory_process(case, run_model, factory_model, "vmap"), cohorts)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_factory_runs_alike_everywhere_and_equals_its_builder(name, model, population):
     case = CASES[name]
     run_model, factory_model, cohorts = _setting(case, model, population)
@@ -222,7 +233,7 @@ def _numbers(metrics):
     return {k: v for k, v in metrics.items() if not k.startswith(skip)}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_factory_inside_a_sweep_equals_separate_runs(name, model, population):
     case = CASES[name]
     run_model, factory_model, cohorts = _setting(case, model, population)

@@ -391,6 +391,7 @@ def test_a_run_directory_is_held_by_one_run_at_a_time(tmp_path):
     RunDir.open_existing(str(tmp_path / "run")).release()
 
 
+@pytest.mark.slow
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     run_dir = tmp_path / "run"
     script = (
