@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# keras_hub's tests run without TensorFlow: its wheel's tensorflow-text requirement is skipped.
+KERAS_HUB := "keras-hub>=0.32,<0.33"
 # Two pytest workers: XLA compilation, most of the suite's time, is one thread per program.
 WORKERS ?= 2
 # ARGS passes more options to pytest, e.g. make test ARGS="--durations=25".
@@ -14,7 +16,8 @@ PYTEST := $(VENV)/bin/python -m pytest -q -n $(WORKERS) $(ARGS)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,hub]"
+	$(VENV)/bin/python -m pip install --quiet --no-deps $(KERAS_HUB)
 	touch $(STAMP)
 
 # jax 0.11 and newer need Python >= 3.12 (pip on 3.11 stops at 0.10.2): a venv of its own.
@@ -27,7 +30,8 @@ $(STAMP312): pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "make test-newest-jax: no python3.12 found (PATH or pyenv)"; exit 1; }
 	$(PYTHON312) -m venv $(VENV312)
 	$(VENV312)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV312)/bin/python -m pip install --quiet -e ".[test]"
+	$(VENV312)/bin/python -m pip install --quiet -e ".[test,hub]"
+	$(VENV312)/bin/python -m pip install --quiet --no-deps $(KERAS_HUB)
 	touch $(STAMP312)
 
 .PHONY: demo test test-all test-newest-jax print-python312

@@ -31,8 +31,8 @@ class _ModelWithFields(Model):
     def _call(self, trainable, non_trainable, x, *, training: bool, rng):
         return super()._call(trainable, non_trainable, x[INPUTS], training=training, rng=rng)
 
-    def to_keras(self, weights, keras_model=None):
-        return self._base.to_keras(weights, keras_model)
+    def to_keras(self, weights, keras_model=None, *, merge_lora=False):
+        return self._base.to_keras(weights, keras_model, merge_lora=merge_lora)
 
 
 def with_example_fields(model: Model, fields: Mapping[str, object]) -> Model:

@@ -153,7 +153,12 @@ def from_keras_model(
         raise errors.CompiledModelError(
             f"The Keras model {keras_model.name!r} is compiled; from_keras_model needs an "
             "uncompiled model (pass loss, metrics and optimizer here instead of to compile). "
-            "Use keras.models.clone_model(model) to get an uncompiled copy."
+            "Use keras.models.clone_model(model) to get an uncompiled copy"
+            + (
+                "; a keras_hub task compiles itself unless built with compile=False."
+                if type(keras_model).__module__.startswith("keras_hub.")
+                else "."
+            )
         )
     if loss is None:
         raise errors.LossSpecError(

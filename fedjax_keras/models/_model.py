@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import keras
-import numpy as np
 import optax
 
 from fedjax_keras import errors
@@ -26,6 +25,7 @@ from fedjax_keras.models._batch import as_batch, example_mask, zero_padded_examp
 from fedjax_keras.models._labels import check_labels
 from fedjax_keras.models._losses import OutputLoss, total_loss
 from fedjax_keras.models._outputs import OutputStructure
+from fedjax_keras.models._to_keras import fresh_copy, write_weights
 from fedjax_keras.models._variables import VariableLayout
 from fedjax_keras.models._weights import BatchOutput, ModelWeights
 from fedjax_keras.optimizers import Optimizer, from_optax
@@ -333,60 +333,44 @@ class Model:
 
     # -------------------------------------------------------------- round trip
     def to_keras(
-        self, weights: ModelWeights, keras_model: keras.Model | None = None
+        self,
+        weights: ModelWeights,
+        keras_model: keras.Model | None = None,
+        *,
+        merge_lora: bool = False,
     ) -> keras.Model:
         """Writes ``weights`` into a Keras model, matching variables by path.
 
         Args:
           weights: a `ModelWeights` (e.g. a trained server model).
-          keras_model: the Keras model to write into. By default a fresh clone of
-            the wrapped model (``keras.models.clone_model``, or rebuilt from its
-            config for subclassed models); the wrapped model is never changed.
+          keras_model: the Keras model to write into. By default a fresh copy
+            of the wrapped model with its variable structure (from its config
+            for a subclass such as a keras_hub task, else
+            ``keras.models.clone_model``; LoRA enabled where the wrapped model
+            has it); the wrapped model is never changed.
+          merge_lora: fold each LoRA layer's factors into its kernel (or
+            embeddings), ``kernel + alpha / rank * lora_a @ lora_b`` as Keras
+            computes it, and write into a model without LoRA: the plain
+            fine-tuned model, to save or serve.
 
         Returns:
           The Keras model holding ``weights``, ready to save, evaluate or serve.
 
         Raises:
-          WeightsMismatchError: paths missing, unexpected or of the wrong shape.
+          WeightsMismatchError: paths missing, unexpected or of the wrong shape;
+            LoRA factors for a ``keras_model`` without LoRA there (or LoRA in it
+            with ``merge_lora``).
         """
-        target = keras_model if keras_model is not None else self._fresh_keras_copy()
-        if not all(layer.built for layer in target._flatten_layers()):
-            target(self._dummy_x, training=False)
-        layout = VariableLayout.of(target)
-        variables = dict(layout.trainable + layout.non_trainable)
-        given = {**weights.trainable, **weights.non_trainable}
-        missing = sorted(set(variables) - set(given))
-        unexpected = sorted(set(given) - set(variables))
-        wrong_shape = sorted(
-            f"{path}: weights {tuple(np.shape(given[path]))} "
-            f"vs model {tuple(variables[path].shape)}"
-            for path in set(variables) & set(given)
-            if tuple(np.shape(given[path])) != tuple(variables[path].shape)
+        if keras_model is None:
+            keras_model = fresh_copy(self._keras_model, self._layout, self._dummy_x, merge_lora)
+        return write_weights(
+            weights,
+            keras_model,
+            self._layout,
+            self._dummy_x,
+            merge_lora=merge_lora,
+            strict=True,
         )
-        if missing or unexpected or wrong_shape:
-            raise errors.WeightsMismatchError(
-                "The weights do not fit this Keras model: "
-                f"missing {missing!r}, unexpected {unexpected!r}, wrong shape {wrong_shape!r}. "
-                "Write them into a model of the same architecture (e.g. "
-                "keras.models.clone_model of the wrapped model)."
-            )
-        for path, variable in variables.items():
-            variable.assign(np.asarray(given[path]))
-        return target
-
-    def _fresh_keras_copy(self) -> keras.Model:
-        source = self._keras_model
-        try:
-            return keras.models.clone_model(source)
-        except Exception:  # noqa: BLE001 - subclassed models cannot always be cloned.
-            pass
-        try:
-            return type(source).from_config(source.get_config())
-        except Exception as e:  # noqa: BLE001
-            raise errors.WeightsMismatchError(
-                f"Could not make a fresh copy of {type(source).__name__} ({e}); pass "
-                "keras_model=<a new instance of the same architecture> to to_keras."
-            ) from e
 
 
 def _keras_mask(output):

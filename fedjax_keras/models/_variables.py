@@ -43,8 +43,9 @@ def _variable_name(variable) -> str:
     return "variable" if _UNNAMED.fullmatch(variable.name) else variable.name
 
 
-def _walk(layer, prefix: str, paths: dict[int, str], seeds: dict[int, str]) -> None:
+def _walk(layer, prefix: str, paths, seeds, layers) -> None:
     used: dict[str, int] = {}
+    layers.setdefault(prefix.rstrip("/"), layer)
     own = list(layer._trainable_variables) + list(layer._non_trainable_variables)
     for variable in own:
         if id(variable) not in paths:
@@ -58,7 +59,7 @@ def _walk(layer, prefix: str, paths: dict[int, str], seeds: dict[int, str]) -> N
         if isinstance(child, keras.layers.InputLayer):
             continue
         child_prefix = prefix + _unique(_snake_case(type(child).__name__), used) + "/"
-        _walk(child, child_prefix, paths, seeds)
+        _walk(child, child_prefix, paths, seeds, layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,17 +71,21 @@ class VariableLayout:
       non_trainable: (path, variable) for the non-trainable variables that are
         weights (no seed states), in Keras order.
       seed_states: (path, variable) for the random seed-generator states.
+      layers: (path, layer) for every layer of the tree, the model itself at
+        ``''``; a layer reached by two paths keeps the first.
     """
 
     trainable: tuple
     non_trainable: tuple
     seed_states: tuple
+    layers: tuple = ()
 
     @classmethod
     def of(cls, model: keras.Model) -> "VariableLayout":
         paths: dict[int, str] = {}
         seeds: dict[int, str] = {}
-        _walk(model, "", paths, seeds)
+        layers: dict[str, keras.Layer] = {}
+        _walk(model, "", paths, seeds, layers)
         taken: dict[str, int] = {}
 
         def path_of(variable) -> str:
@@ -97,7 +102,9 @@ class VariableLayout:
                 id(variable) not in paths and variable.name == _SEED_STATE_SUFFIX
             )
             (seed_states if is_seed else non_trainable).append((path_of(variable), variable))
-        return cls(tuple(trainable), tuple(non_trainable), tuple(seed_states))
+        return cls(
+            tuple(trainable), tuple(non_trainable), tuple(seed_states), tuple(layers.items())
+        )
 
     def current_values(self, entries) -> dict:
         """Copies the variables' current values into a dict of numpy arrays."""
