@@ -25,6 +25,7 @@ from fedjax_keras.aggregation._clipping import zeroed as zeroed
 from fedjax_keras.aggregation._compression import hadamard as hadamard
 from fedjax_keras.aggregation._compression import quantized as quantized
 from fedjax_keras.aggregation._compression import top_k as top_k
+from fedjax_keras.aggregation._compression import upload_size as upload_size
 from fedjax_keras.aggregation._config import from_config as from_config
 from fedjax_keras.aggregation._dp import DPState as DPState
 from fedjax_keras.aggregation._dp import dp_aggregator as dp_aggregator

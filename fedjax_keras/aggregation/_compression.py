@@ -121,6 +121,37 @@ def _padded_size(size: int) -> int:
     return 1 << max(size - 1, 0).bit_length()
 
 
+def upload_size(inner: Aggregator) -> Aggregator:
+    """``inner`` unchanged, with the bits one client uploads as round metrics.
+
+    What a client sends uncompressed: each leaf of its update at its own dtype's
+    width (32 bits a float32 coordinate). Under federated LoRA the update is
+    the LoRA factors only, so this is the saving against full fine-tuning.
+
+    Args:
+      inner: the aggregator measured (e.g. ``mean()``).
+
+    Returns:
+      An `Aggregator` with metrics ``upload/bits_per_client`` and
+      ``upload/ratio_to_float32``.
+
+    Example:
+      >>> aggregator = upload_size(mean())   # build_weighted_fed_avg(..., aggregator=aggregator)
+    """
+    inner = check_aggregator(inner, "inner")
+
+    def bits_of_spec(spec):
+        return sum(
+            math.prod(s.shape) * jnp.dtype(s.dtype).itemsize * 8 for s in jax.tree.leaves(spec)
+        )
+
+    def accumulate(acc: CompressedAccumulator, state, c: Contributions):
+        inner_acc, rows = inner.accumulate(acc.inner, state, c)
+        return acc._replace(inner=inner_acc), rows
+
+    return _wrap(inner, "upload", bits_of_spec, accumulate)
+
+
 def quantized(bits: int, inner: Aggregator, *, rotation: bool = False) -> Aggregator:
     """Unbiased stochastic quantization of each client's update to ``bits`` bits a coordinate.
 

@@ -17,7 +17,7 @@ from fedjax_keras.aggregation._aggregator import Aggregator, mean
 from fedjax_keras.aggregation._aggregator import sum as sum_aggregator
 from fedjax_keras.aggregation._attack import attacked
 from fedjax_keras.aggregation._clipping import clipped, zeroed
-from fedjax_keras.aggregation._compression import quantized, top_k
+from fedjax_keras.aggregation._compression import quantized, top_k, upload_size
 from fedjax_keras.aggregation._dp import dp_aggregator
 from fedjax_keras.aggregation._robust import krum, median, trimmed_mean
 
@@ -34,6 +34,7 @@ KINDS: dict[str, tuple[Callable[..., Aggregator], bool]] = {
     "attacked": (attacked, True),
     "quantized": (quantized, True),
     "top_k": (top_k, True),
+    "upload_size": (upload_size, True),
 }
 # Config key -> builder argument, where the builder's name is taken by 'kind'.
 RENAMED = {"attacked": {"attack": "kind"}}
@@ -45,11 +46,12 @@ def from_config(config: Mapping[str, Any]) -> Aggregator:
     Args:
       config: ``{'kind': name, **arguments}``; kinds: ``mean``, ``sum``,
         ``dp`` (`dp_aggregator`), ``clipped``, ``zeroed``, ``median``,
-        ``trimmed_mean``, ``krum``, ``attacked``, ``quantized``, ``top_k``.
-        Wrappers (``clipped``, ``zeroed``, ``attacked``, ``quantized``,
-        ``top_k``) read their inner aggregator's config under ``'inner'``
-        (default ``{'kind': 'mean'}``); ``attacked``'s attack kind is
-        ``'attack'`` (``'sign_flip'``, ``'scale'``, ``'gaussian'``).
+        ``trimmed_mean``, ``krum``, ``attacked``, ``quantized``, ``top_k``,
+        ``upload_size``. Wrappers (``clipped``, ``zeroed``, ``attacked``,
+        ``quantized``, ``top_k``, ``upload_size``) read their inner
+        aggregator's config under ``'inner'`` (default ``{'kind': 'mean'}``);
+        ``attacked``'s attack kind is ``'attack'`` (``'sign_flip'``,
+        ``'scale'``, ``'gaussian'``).
 
     Returns:
       The `Aggregator`.

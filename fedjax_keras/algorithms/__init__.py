@@ -60,6 +60,7 @@ from fedjax_keras.algorithms._fed_sgd import fed_sgd as fed_sgd
 from fedjax_keras.algorithms._hyp_cluster import build_hyp_cluster as build_hyp_cluster
 from fedjax_keras.algorithms._hyp_cluster import hyp_cluster as hyp_cluster
 from fedjax_keras.algorithms._hyp_cluster import hyp_cluster_models as hyp_cluster_models
+from fedjax_keras.algorithms._lora_fed_avg import build_lora_fed_avg as build_lora_fed_avg
 from fedjax_keras.algorithms._mime import MimeBroadcast as MimeBroadcast
 from fedjax_keras.algorithms._mime import MimeState as MimeState
 from fedjax_keras.algorithms._mime import build_mime as build_mime

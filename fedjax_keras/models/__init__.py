@@ -14,6 +14,7 @@ from fedjax_keras.models._example_fields import (  # noqa: E402
     with_example_fields as with_example_fields,
 )
 from fedjax_keras.models._from_keras import from_keras_model as from_keras_model  # noqa: E402
+from fedjax_keras.models._lora import enable_lora as enable_lora  # noqa: E402
 from fedjax_keras.models._model import Model as Model  # noqa: E402
 from fedjax_keras.models._weights import BatchOutput as BatchOutput  # noqa: E402
 from fedjax_keras.models._weights import ModelWeights as ModelWeights  # noqa: E402

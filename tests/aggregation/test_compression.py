@@ -1,4 +1,5 @@
-"""quantized and top_k: unbiasedness, grids, exact k, error feedback by hand over two rounds."""
+"""quantized and top_k: unbiasedness, grids, exact k, error feedback by hand over two rounds;
+upload_size: the inner aggregate unchanged, the bits counted by hand."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from aggregator_helpers import contributions, run_round
 from engine_reference import SGD, delta, local_train, make_clients, sliced_batches, wrap
 
 import fedjax_keras
-from fedjax_keras.aggregation import Aggregator, hadamard, mean, quantized, top_k
+from fedjax_keras.aggregation import Aggregator, hadamard, mean, quantized, top_k, upload_size
 from fedjax_keras.models import ModelWeights
 from fedjax_keras.testing import toy_models
 
@@ -147,6 +148,18 @@ def test_error_feedback_residual_is_carried_in_the_client_table_over_two_rounds(
     # What was sent is not kept: at least the 10 sent coordinates are zero in each residual.
     assert all(np.count_nonzero(r) <= r.size - 10 for r in residuals)
     assert np.asarray(state.client_states.seen).all()
+
+
+def test_upload_size_leaves_the_mean_unchanged_and_counts_32_bits_a_float():
+    values = _repeat(X, 4)
+    values = {k: v * np.arange(1, 5).reshape((4,) + (1,) * (v.ndim - 1)) for k, v in values.items()}
+    chunks = [contributions(values, weights=[1.0, 2.0, 3.0, 4.0])]
+    plain, _, _, _ = run_round(mean(), chunks)
+    counted, _, metrics, _ = run_round(upload_size(mean()), chunks)
+    for name in X:
+        np.testing.assert_array_equal(np.asarray(counted[name]), np.asarray(plain[name]))
+    assert float(metrics["upload/bits_per_client"]) == 32 * (3 + 2 * 5)
+    assert float(metrics["upload/ratio_to_float32"]) == 1.0
 
 
 @pytest.mark.parametrize(
