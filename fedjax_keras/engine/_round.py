@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_keras._tree import tree_where
+from fedjax_keras._tree import all_true, tree_where
 from fedjax_keras.aggregation import Contributions, masked_sum
 from fedjax_keras.client import ClientOutput
 from fedjax_keras.engine._algorithm import FederatedAlgorithm
@@ -98,11 +98,16 @@ def _inexact(spec) -> bool:
 
 
 def _all_finite(tree, num_clients: int) -> jax.Array:
-    finite = jnp.ones((num_clients,), bool)
-    for leaf in jax.tree.leaves(tree):
-        if jnp.issubdtype(leaf.dtype, jnp.inexact):
-            finite &= jnp.all(jnp.isfinite(leaf.reshape(num_clients, -1)), axis=1)
-    return finite
+    """bool [clients]: whether every inexact leaf (leaves [clients, ...]) is finite."""
+    flags = [
+        jnp.all(jnp.isfinite(leaf.reshape(num_clients, -1)), axis=1)
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    if not flags:
+        return jnp.ones((num_clients,), bool)
+    # Not a chain of `&`: every leaf's masked sum reads the result (see all_true).
+    return all_true(jnp.stack(flags, axis=1))
 
 
 def make_chunk_program(algorithm: FederatedAlgorithm, model: Model) -> ChunkProgram:
@@ -188,7 +193,7 @@ def finish_round(algorithm: FederatedAlgorithm, model: Model, state, carry: Roun
     checked = (proposed.model, proposed.optimizer_state, proposed.algorithm_state)
     flags = _leaf_finite(checked)
     any_client = stats.num_clients > 0
-    nonfinite = any_client & ~jnp.all(flags)
+    nonfinite = any_client & ~all_true(flags)  # every leaf's tree_where reads it
     accept = any_client & ~nonfinite
     new_state = state.replace(
         model=tree_where(accept, proposed.model, state.model),

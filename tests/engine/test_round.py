@@ -1,14 +1,18 @@
 """The round's guards: non-finite server updates are never applied, empty clients are counted."""
 
 import jax
+import keras
 import numpy as np
 import optax
 import pytest
 from engine_reference import make_clients, wrap
 
 import fedjax_keras  # noqa: F401
+from fedjax_keras._tree import all_true
 from fedjax_keras.algorithms import build_weighted_fed_avg
+from fedjax_keras.engine._plan import chunk_arrays
 from fedjax_keras.errors import NonFiniteServerUpdateError
+from fedjax_keras.parallel import Vmap
 from fedjax_keras.testing import assert_trees_all_close, toy_models
 
 BATCH = 3
@@ -90,3 +94,46 @@ def test_host_metrics_functions_add_to_each_rounds_metrics(model, cohort):
     assert seen == [3, 3]
     with pytest.raises(TypeError, match="host_metrics"):
         build_weighted_fed_avg(model, optax.sgd(0.1), host_metrics="epsilon")
+
+
+def _dense_chain(num_layers: int) -> keras.Model:
+    return keras.Sequential(
+        [keras.Input((4,))]
+        + [keras.layers.Dense(4, activation="relu") for _ in range(num_layers)]
+        + [keras.layers.Dense(3)]
+    )
+
+
+def _compiled_sizes(num_layers: int) -> tuple[int, int]:
+    """Instructions of the compiled chunk program (Vmap) and server program of FedAvg."""
+    process = build_weighted_fed_avg(wrap(_dense_chain(num_layers)), optax.sgd(0.1), batch_size=3)
+    plan = process.prepare_round(process.initialize(0), make_clients([3, 2], seed=54))
+    state = plan.state
+    carry = process.start_carry(state.aggregator_state, state.client_states, plan.capacity)
+    chunk, host = chunk_arrays(plan, 0, plan.row_steps)
+    bound = process.bound_executor(Vmap())
+    programs = [
+        jax.jit(bound.run_chunk).lower(carry, plan.inputs, chunk, bound.num_steps(host)),
+        jax.jit(process.finish).lower(state, carry, plan.inputs.seed_and_round),
+    ]
+    return tuple(program.compile().as_text().count(" = ") for program in programs)
+
+
+def test_bookkeeping_programs_grow_linearly_with_the_weight_tensors():
+    """The non-finite guards read every leaf and gate every leaf: written as a chain of
+    ``&``, XLA copied the chain into each leaf's fusion (programs ~ leaves squared,
+    minutes of compilation for real models). Each 20 more weight tensors must add
+    about as much code as the 20 before."""
+    sizes = [_compiled_sizes(layers) for layers in (4, 14, 24)]  # 10, 30, 50 weight tensors
+    for index, name in enumerate(("chunk program", "server program")):
+        small, middle, large = (size[index] for size in sizes)
+        assert large - middle < 1.25 * (middle - small), (
+            f"{name}: {small}, {middle}, {large} instructions for 10, 30, 50 weight tensors"
+        )
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 7), (2, 0), (4, 1)])
+def test_all_true_is_jnp_all(shape):
+    flags = np.random.default_rng(55).random(shape) < 0.8
+    for axis in range(len(shape)):
+        np.testing.assert_array_equal(all_true(flags, axis), np.all(flags, axis))
