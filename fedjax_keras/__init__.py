@@ -21,6 +21,7 @@ from fedjax_keras import optimizers as optimizers
 from fedjax_keras import parallel as parallel
 from fedjax_keras import privacy as privacy
 from fedjax_keras import testing as testing
+from fedjax_keras import training as training
 from fedjax_keras.data import FederatedData as FederatedData
 from fedjax_keras.engine import sweep as sweep
 from fedjax_keras.models import BatchOutput as BatchOutput

@@ -246,6 +246,15 @@ SURFACE = {
         "noise_multiplier_for",
     ),
     "fedjax_keras.testing": ("assert_trees_all_close",),
+    "fedjax_keras.training": (
+        "Callback",
+        "CsvLogger",
+        "CurvePlot",
+        "EarlyStopping",
+        "JsonlLogger",
+        "TensorBoard",
+        "run_experiment",
+    ),
 }
 
 

@@ -54,6 +54,8 @@ HELP = {
     "progress": "show the live progress bar",
     "compile_cache": "keep compiled programs on disk for later runs "
     "(in $XDG_CACHE_HOME/fedjax_keras, see docs/performance.md)",
+    "tensorboard": "also write the metrics as TensorBoard event files to DIR (a sweep: "
+    "DIR/run_<k>; needs pip install fedjax_keras[tensorboard])",
 }
 
 

@@ -79,6 +79,7 @@ class Config:
     run_dir: str | None = None
     progress: bool = True
     compile_cache: bool = True
+    tensorboard: str | None = None
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -96,6 +97,7 @@ CHANGEABLE_ON_RESUME = (
     "keep_checkpoints",
     "progress",
     "compile_cache",
+    "tensorboard",
     "chunk_size",
     "runner",
 )

@@ -83,6 +83,9 @@ class NullRun:
     def load_rows(self, up_to_round: int) -> None:
         pass
 
+    def log_to_tensorboard(self, log_dir: str) -> None:
+        pass
+
     def append(self, row: dict) -> None:
         pass
 

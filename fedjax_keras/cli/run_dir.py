@@ -158,6 +158,7 @@ class RunDir:
         self.checkpoints = os.path.join(path, "checkpoints")
         self.rows: list[dict] = []
         self.lock_fd: int | None = None  # held open for the run's lifetime (`lock_run_directory`)
+        self.board = None  # a fedjax_keras.training.TensorBoard (--tensorboard), or None
 
     @classmethod
     def create(cls, path: str) -> "RunDir":
@@ -199,8 +200,22 @@ class RunDir:
             os.makedirs(run.checkpoints, exist_ok=True)
         return run
 
+    def log_to_tensorboard(self, log_dir: str) -> None:
+        """Also writes every row as TensorBoard scalars under ``log_dir`` (``--tensorboard``)."""
+        from fedjax_keras.training import TensorBoard
+
+        try:
+            self.board = TensorBoard(log_dir)
+        except ImportError:
+            raise UsageError(
+                "--tensorboard needs tensorboardX: pip install fedjax_keras[tensorboard]."
+            ) from None
+
     def release(self) -> None:
         """Drops the directory's lock (at the end of the run; exiting drops it too)."""
+        if self.board is not None:
+            self.board.on_end(None, self.rows)
+            self.board = None
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
@@ -259,6 +274,8 @@ class RunDir:
             by_round.setdefault(row.get("round"), row)
         self.rows = list(by_round.values())
         self._rewrite()
+        if self.board is not None:  # the rounds after up_to_round are purged there too
+            self.board.on_begin(up_to_round, self.rows)
 
     def append(self, row: dict) -> None:
         """Records the metrics of one round, after the rounds already recorded."""
@@ -271,6 +288,9 @@ class RunDir:
         with writing(self.jsonl_path), open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
+        if self.board is not None:
+            with writing(self.board.log_dir):
+                self.board.on_round_end(row, None)
 
     def _rewrite(self) -> None:
         tmp = self.jsonl_path + ".tmp"

@@ -57,6 +57,8 @@ def run_single(config, resume: bool, run, stop: StopRequest) -> int:
         state, start = checkpoints.restore(run, state, config.rounds)
     # After the restore: a refused --resume leaves config.yaml as it was.
     run.write_config(config)
+    if config.tensorboard:
+        run.log_to_tensorboard(config.tensorboard)
     run.load_rows(start)
     if resume and distributed.is_primary():
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)

@@ -83,7 +83,9 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
         states, start = checkpoints.restore(run, states, config.rounds)
     # After the restore: a refused --resume leaves config.yaml as it was.
     run.write_config(config)
-    for member in members:
+    for k, member in enumerate(members):
+        if config.tensorboard:
+            member.log_to_tensorboard(os.path.join(config.tensorboard, f"run_{k:02d}"))
         member.load_rows(start)
     if resume:
         print(f"Resuming {run.path} from round {start} of {config.rounds}.", file=sys.stderr)
@@ -130,15 +132,19 @@ def run_sweep(config, resume: bool, run, stop: StopRequest) -> int:
         progress.update(_mean_row(rows))
         return states
 
-    status = checkpoints.play_rounds(
-        run,
-        config,
-        states,
-        start,
-        play_round,
-        stopping=lambda: stop.requested,
-        progress=progress,
-    )
+    try:
+        status = checkpoints.play_rounds(
+            run,
+            config,
+            states,
+            start,
+            play_round,
+            stopping=lambda: stop.requested,
+            progress=progress,
+        )
+    finally:
+        for member in members:
+            member.release()  # a member holds no lock: this closes its TensorBoard file
     if status is not None:
         return status
     labels = [

@@ -521,3 +521,17 @@ def test_aggregator_flag_builds_the_aggregator_of_the_python_api(tmp_path, spec,
         assert rows[1]["epsilon"] > rows[0]["epsilon"]
     else:
         assert "epsilon" not in rows[0]
+
+
+def test_tensorboard_scalars_are_the_metrics_rows_also_after_resume(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from tensorboard_events import scalars
+
+    run_dir, board = tmp_path / "run", tmp_path / "tb"
+    args = [*TINY, "--run-dir", str(run_dir), "--tensorboard", str(board), "--eval-every", "2"]
+    assert main([*args, "--rounds", "2"]) == 0
+    assert main([*args, "--rounds", "3", "--resume"]) == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    found = scalars(board)
+    assert found["train_loss"] == [(r["round"], pytest.approx(r["train_loss"])) for r in rows]
+    assert [step for step, _ in found["eval_accuracy"]] == [2, 3]
