@@ -164,7 +164,15 @@ def _candidate_copies(source: keras.Model, merge_lora: bool):
         return keras.models.clone_model(source, clone_function=clone_function)
 
     def from_config():
-        return type(source).from_config(source.get_config())
+        config = source.get_config()
+        if type(source).__module__.startswith("keras_hub."):
+            # A keras_hub task compiles itself unless told not to, and its config
+            # does not say: an uncompiled copy can be wrapped again.
+            try:
+                return type(source).from_config({**config, "compile": False})
+            except TypeError:
+                pass
+        return type(source).from_config(config)
 
     plain = isinstance(source, keras.Sequential) or type(source).__module__.startswith("keras.")
     return (clone, from_config) if plain else (from_config, clone)
@@ -201,6 +209,8 @@ def fresh_copy(source: keras.Model, layout: VariableLayout, dummy_x, merge_lora:
         except Exception as e:  # noqa: BLE001 - subclassed models cannot always be copied.
             failures.append(f"{make.__name__}: {type(e).__name__}: {e}")
             continue
+        if not merge_lora:  # a merged model is a plain one: its config's flags
+            _mirror_trainable(layout, copy)
         differences = _differences(_structure(VariableLayout.of(copy)), expected)
         if not differences:
             return copy
@@ -210,6 +220,23 @@ def fresh_copy(source: keras.Model, layout: VariableLayout, dummy_x, merge_lora:
         f"({'; '.join(failures)}); pass keras_model=<a new instance of the same "
         "architecture> to to_keras."
     )
+
+
+def _mirror_trainable(layout: VariableLayout, copy: keras.Model) -> None:
+    """Gives ``copy`` the source's trainable flags, layer by layer, then variable by variable.
+
+    A config rarely records them (a keras_hub backbone's enable_lora freezes
+    every other layer), and a copy that trains other weights wraps differently.
+    """
+    copied = VariableLayout.of(copy)
+    layers = dict(copied.layers)
+    for path, layer in layout.layers:  # parents first: a layer's flag sets its children's
+        if path and path in layers and layers[path].trainable != layer.trainable:
+            layers[path].trainable = layer.trainable
+    variables = dict(copied.trainable + copied.non_trainable)
+    for path, variable in layout.trainable + layout.non_trainable:
+        if path in variables and variables[path].trainable != variable.trainable:
+            variables[path].trainable = variable.trainable
 
 
 def _is_factor(path: str, sites) -> bool:
@@ -259,4 +286,9 @@ def write_weights(
         )
     for path, variable in variables.items():
         variable.assign(np.asarray(given[path]))
+    for layer in target._flatten_layers():
+        # An adapted Normalization computes with constants its finalize_state()
+        # makes from the adapted mean and variance, as Keras' weight loading does.
+        if callable(getattr(layer, "finalize_state", None)):
+            layer.finalize_state()
     return target
