@@ -1,6 +1,7 @@
 """Aggregators: how client contributions become one aggregate.
 
-Means and sums, differential privacy (`dp_aggregator`, `clipped`, `zeroed`),
+Means and sums, differential privacy (`dp_aggregator`, DP-FTRL's
+`dp_ftrl_aggregator`, `clipped`, `zeroed`),
 Byzantine robustness (`median`, `trimmed_mean`, `krum`, and `attacked` to
 simulate attacks), compression (`quantized`, `top_k`), and `from_config` to
 build any of them from a dict.
@@ -32,3 +33,5 @@ from fedjax_keras.aggregation._dp import dp_aggregator as dp_aggregator
 from fedjax_keras.aggregation._robust import krum as krum
 from fedjax_keras.aggregation._robust import median as median
 from fedjax_keras.aggregation._robust import trimmed_mean as trimmed_mean
+from fedjax_keras.aggregation._tree_aggregation import TreeState as TreeState
+from fedjax_keras.aggregation._tree_aggregation import dp_ftrl_aggregator as dp_ftrl_aggregator

@@ -20,12 +20,14 @@ from fedjax_keras.aggregation._clipping import clipped, zeroed
 from fedjax_keras.aggregation._compression import quantized, top_k, upload_size
 from fedjax_keras.aggregation._dp import dp_aggregator
 from fedjax_keras.aggregation._robust import krum, median, trimmed_mean
+from fedjax_keras.aggregation._tree_aggregation import dp_ftrl_aggregator
 
 # kind -> (builder, whether it wraps an inner aggregator)
 KINDS: dict[str, tuple[Callable[..., Aggregator], bool]] = {
     "mean": (mean, False),
     "sum": (sum_aggregator, False),
     "dp": (dp_aggregator, False),
+    "dp_ftrl": (dp_ftrl_aggregator, False),
     "clipped": (clipped, True),
     "zeroed": (zeroed, True),
     "median": (median, False),
@@ -45,7 +47,8 @@ def from_config(config: Mapping[str, Any]) -> Aggregator:
 
     Args:
       config: ``{'kind': name, **arguments}``; kinds: ``mean``, ``sum``,
-        ``dp`` (`dp_aggregator`), ``clipped``, ``zeroed``, ``median``,
+        ``dp`` (`dp_aggregator`), ``dp_ftrl`` (`dp_ftrl_aggregator`),
+        ``clipped``, ``zeroed``, ``median``,
         ``trimmed_mean``, ``krum``, ``attacked``, ``quantized``, ``top_k``,
         ``upload_size``. Wrappers (``clipped``, ``zeroed``, ``attacked``,
         ``quantized``, ``top_k``, ``upload_size``) read their inner

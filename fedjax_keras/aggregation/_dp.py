@@ -83,7 +83,32 @@ class DPAccumulator(NamedTuple):
     kept: jax.Array
 
 
-def _check_non_negative(value, name: str) -> float:
+def start_clipped_sum(spec) -> DPAccumulator:
+    """The empty `DPAccumulator` of a round (``spec``: one update's shapes)."""
+    zero = jnp.zeros((), jnp.float32)
+    return DPAccumulator(zeros_like_spec(spec), zero, zero)
+
+
+def accumulate_clipped(acc: DPAccumulator, clip, c: Contributions) -> DPAccumulator:
+    """``acc`` plus the chunk's kept updates, each clipped to L2 norm ``clip`` (weights ignored)."""
+    norms = client_norms(c.values)
+    # Non-kept clients may be NaN: masked_sum removes them with jnp.where.
+    clipped = scale_clients(c.values, jnp.where(c.keep, clip_factors(norms, clip), 1.0))
+    total = jax.tree.map(jnp.add, acc.total, masked_sum(clipped, c.keep))
+    unclipped = acc.unclipped + jnp.sum(c.keep & (norms <= clip), dtype=jnp.float32)
+    kept = acc.kept + jnp.sum(c.keep, dtype=jnp.float32)
+    return DPAccumulator(total, unclipped, kept)
+
+
+def clip_metrics(acc: DPAccumulator, clip) -> dict:
+    """``dp/clip`` and ``dp/clipped_fraction`` (from the clients' true norms: a diagnostic)."""
+    return {
+        "dp/clip": jnp.asarray(clip, jnp.float32),
+        "dp/clipped_fraction": (acc.kept - acc.unclipped) / jnp.maximum(acc.kept, 1.0),
+    }
+
+
+def check_non_negative(value, name: str) -> float:
     number = float(value) if is_real(value) else float("nan")
     if not 0 <= number < float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0; received {value!r}.")
@@ -164,7 +189,7 @@ def dp_aggregator(
       >>> fixed = dp_aggregator(noise_multiplier=1.0, clients_per_round=100, clip=0.5)
       >>> adaptive = dp_aggregator(noise_multiplier=1.0, clients_per_round=100)
     """
-    z = _check_non_negative(noise_multiplier, "noise_multiplier")
+    z = check_non_negative(noise_multiplier, "noise_multiplier")
     n = check_norm(clients_per_round, "clients_per_round")
     adaptive = clip is None
     if adaptive:
@@ -172,9 +197,9 @@ def dp_aggregator(
         target = float(target_quantile)
         if not 0 <= target <= 1:
             raise ValueError(f"target_quantile must be in [0, 1]; received {target_quantile!r}.")
-        eta = _check_non_negative(clip_learning_rate, "clip_learning_rate")
+        eta = check_non_negative(clip_learning_rate, "clip_learning_rate")
         if clipped_count_stddev is not None:
-            count_stddev = _check_non_negative(clipped_count_stddev, "clipped_count_stddev")
+            count_stddev = check_non_negative(clipped_count_stddev, "clipped_count_stddev")
         else:
             # As TFF: without noise on the sum there is no budget to share.
             count_stddev = n / 20 if z > 0 else 0.0
@@ -189,17 +214,10 @@ def dp_aggregator(
 
     def start(state, spec, capacity):
         del state, capacity
-        zero = jnp.zeros((), jnp.float32)
-        return DPAccumulator(zeros_like_spec(spec), zero, zero)
+        return start_clipped_sum(spec)
 
     def accumulate(acc: DPAccumulator, state: DPState, c: Contributions):
-        norms = client_norms(c.values)
-        # Non-kept clients may be NaN: masked_sum removes them with jnp.where.
-        clipped = scale_clients(c.values, jnp.where(c.keep, clip_factors(norms, state.clip), 1.0))
-        total = jax.tree.map(jnp.add, acc.total, masked_sum(clipped, c.keep))
-        unclipped = acc.unclipped + jnp.sum(c.keep & (norms <= state.clip), dtype=jnp.float32)
-        kept = acc.kept + jnp.sum(c.keep, dtype=jnp.float32)
-        return DPAccumulator(total, unclipped, kept), c.client_states
+        return accumulate_clipped(acc, state.clip, c), c.client_states
 
     def finalize(acc: DPAccumulator, state: DPState, key):
         sum_key, count_key = jax.random.split(key)
@@ -209,11 +227,7 @@ def dp_aggregator(
             (leaf + noise_stddev * jax.random.normal(k, leaf.shape, leaf.dtype)) / n
             for leaf, k in zip(leaves, jax.random.split(sum_key, max(len(leaves), 1)))
         ]
-        metrics = {
-            "dp/clip": state.clip,
-            "dp/clipped_fraction": (acc.kept - acc.unclipped) / jnp.maximum(acc.kept, 1.0),
-            "dp/noise_stddev": noise_stddev,
-        }
+        metrics = {**clip_metrics(acc, state.clip), "dp/noise_stddev": noise_stddev}
         new_state = state
         if adaptive:
             centred = acc.unclipped - 0.5 * acc.kept

@@ -6,11 +6,16 @@ and its arguments as ``NAME=VALUE`` pairs separated by commas. Each stage
 after the first is the previous one's ``inner`` aggregator:
 
     dp:noise_multiplier=1.0,clip=0.5         DP-FedAvg, fixed clip
+    dp_ftrl:noise_multiplier=5,clip=0.5,restart_rounds=100   DP-FTRL (tree aggregation)
     clipped:norm=1.0/median                  norms bounded, then the median
     attacked:fraction=0.2,attack=sign_flip/trimmed_mean:beta=0.2
 
 Values are read as YAML scalars (``1``, ``0.5``, ``true``, ``sign_flip``).
-``dp``'s ``clients_per_round`` defaults to the run's ``--cohort-size``.
+``dp``'s and ``dp_ftrl``'s ``clients_per_round`` default to the run's
+``--cohort-size``. Only ``dp`` reports epsilon: DP-FTRL's guarantee needs
+each client in at most one round per tree, which the command line's
+independent per-round cohorts do not ensure (account it in Python with
+`fedjax_keras.privacy.tree_accountant` and cohorts that do).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def parse_aggregator(spec: str, cohort_size: int) -> dict:
                 entry[name.strip()] = yaml.safe_load(text)
             except yaml.YAMLError:
                 entry[name.strip()] = text
-        if kind == "dp":
+        if kind in ("dp", "dp_ftrl"):
             entry.setdefault("clients_per_round", cohort_size)
         if config is not None:
             entry["inner"] = config

@@ -46,8 +46,58 @@ def _check_probability(q) -> float:
     return float(q)
 
 
+class Composed:
+    """``epsilon(rounds)`` and the ``host_metrics`` hook, shared by the accountants.
+
+    A subclass has ``noise_multiplier``, ``delta``, a ``_cache`` dict,
+    ``event(rounds)`` (the run's dp-accounting event) and ``_fresh()`` (an
+    empty dp-accounting accountant of the right neighbouring relation).
+    """
+
+    def epsilon(self, rounds: int) -> float:
+        """Epsilon after ``rounds`` rounds (0 for none; inf without noise)."""
+        rounds = int(rounds)
+        if rounds < 0:
+            raise ValueError(f"rounds must be >= 0; received {rounds}.")
+        if rounds == 0:
+            return 0.0
+        if self.noise_multiplier == 0:
+            return math.inf
+        if rounds not in self._cache:
+            accountant = self._fresh()
+            accountant.compose(self.event(rounds))
+            self._cache[rounds] = float(accountant.get_epsilon(self.delta))
+        return self._cache[rounds]
+
+    def __call__(self, state, metrics) -> dict:
+        """``host_metrics`` hook: ``{'epsilon', 'delta'}`` after ``state.round_num`` rounds."""
+        del metrics
+        return {"epsilon": self.epsilon(int(state.round_num)), "delta": self.delta}
+
+
+def check_population(population) -> int | None:
+    """``population`` as an int (or None), else a ValueError."""
+    if population is not None and (not is_integer(population) or population < 1):
+        raise ValueError(f"population must be a positive int; received {population!r}.")
+    return None if population is None else int(population)
+
+
+def check_delta(delta, population: int | None) -> float:
+    """``delta`` (None: ``1 / population``) as a float in (0, 1), else a ValueError with the fix."""
+    if delta is None:
+        if population is None:
+            raise ValueError(
+                "delta defaults to 1 / population: pass population= (clients in the "
+                "population) or delta= explicitly."
+            )
+        delta = 1.0 / population
+    if not is_real(delta) or not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1); received {delta!r}.")
+    return float(delta)
+
+
 @dataclasses.dataclass(frozen=True)
-class Accountant:
+class Accountant(Composed):
     """The (epsilon, delta) of a DP-FedAvg run after some rounds; build it with `accountant`.
 
     Pass it to a process as ``host_metrics=acc``: after each round it adds
@@ -92,26 +142,6 @@ class Accountant:
             return dp.rdp.RdpAccountant(neighboring_relation=relation)
         return dp.pld.PLDAccountant(neighboring_relation=relation)
 
-    def epsilon(self, rounds: int) -> float:
-        """Epsilon after ``rounds`` rounds (0 for none; inf without noise)."""
-        rounds = int(rounds)
-        if rounds < 0:
-            raise ValueError(f"rounds must be >= 0; received {rounds}.")
-        if rounds == 0:
-            return 0.0
-        if self.noise_multiplier == 0:
-            return math.inf
-        if rounds not in self._cache:
-            accountant = self._fresh()
-            accountant.compose(self.event(rounds))
-            self._cache[rounds] = float(accountant.get_epsilon(self.delta))
-        return self._cache[rounds]
-
-    def __call__(self, state, metrics) -> dict:
-        """``host_metrics`` hook: ``{'epsilon', 'delta'}`` after ``state.round_num`` rounds."""
-        del metrics
-        return {"epsilon": self.epsilon(int(state.round_num)), "delta": self.delta}
-
 
 def accountant(
     noise_multiplier: float,
@@ -155,9 +185,7 @@ def accountant(
         raise ValueError(f"kind must be one of {KINDS}; received {kind!r}.")
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}; received {sampling!r}.")
-    if population is not None and (not is_integer(population) or population < 1):
-        raise ValueError(f"population must be a positive int; received {population!r}.")
-    population = None if population is None else int(population)
+    population = check_population(population)
     if sampling == "fixed":
         if population is None:
             raise ValueError(
@@ -170,16 +198,7 @@ def accountant(
                 "(sampling without replacement); use kind='rdp', or Poisson sampling "
                 "(data.sample_clients_poisson and sampling='poisson')."
             )
-    if delta is None:
-        if population is None:
-            raise ValueError(
-                "delta defaults to 1 / population: pass population= (clients in the "
-                "population) or delta= explicitly."
-            )
-        delta = 1.0 / population
-    if not is_real(delta) or not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1); received {delta!r}.")
-    return Accountant(z, q, float(delta), kind, sampling, population)
+    return Accountant(z, q, check_delta(delta, population), kind, sampling, population)
 
 
 def noise_multiplier_for(

@@ -25,6 +25,22 @@ CASES = [
         agg.dp_aggregator(0.5, 10, clip=2.0),
         (),
     ),
+    (
+        {"kind": "dp_ftrl", "noise_multiplier": 0.8, "clients_per_round": 7, "clip": 1.5},
+        agg.dp_ftrl_aggregator(0.8, 7, 1.5),
+        (),
+    ),
+    (
+        {
+            "kind": "dp_ftrl",
+            "noise_multiplier": 1,
+            "clients_per_round": 7,
+            "clip": 1,
+            "restart_rounds": 4,
+        },
+        agg.dp_ftrl_aggregator(1, 7, 1, restart_rounds=4),
+        (),
+    ),
     ({"kind": "clipped", "norm": 1.0}, agg.clipped(1.0, agg.mean()), ()),
     (
         {"kind": "zeroed", "norm": 5.0, "inner": {"kind": "clipped", "norm": 1.0}},
@@ -76,6 +92,30 @@ def test_from_config_builds_the_same_aggregator(config, built, states):
         (
             {"kind": "dp", "noise_multiplier": 1.0},
             r"needs the argument\(s\) \['clients_per_round'\]",
+        ),
+        (
+            {"kind": "dp_ftrl", "noise_multiplier": 1.0, "clients_per_round": 10},
+            r"needs the argument\(s\) \['clip'\]",
+        ),
+        (
+            {
+                "kind": "dp_ftrl",
+                "noise_multiplier": 1.0,
+                "clients_per_round": 10,
+                "clip": 1,
+                "restart": 5,
+            },
+            r"takes no argument\(s\) \['restart'\]; it accepts .*'restart_rounds'",
+        ),
+        (
+            {
+                "kind": "dp_ftrl",
+                "noise_multiplier": 1.0,
+                "clients_per_round": 10,
+                "clip": 1,
+                "restart_rounds": -2,
+            },
+            "restart_rounds must be None",
         ),
         ({"kind": "quantized", "bits": 8, "inner": {"kind": "nope"}}, "Unknown aggregator kind"),
         ({"kind": "mean", "inner": {"kind": "sum"}}, r"takes no argument\(s\) \['inner'\]"),

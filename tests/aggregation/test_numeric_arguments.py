@@ -24,6 +24,13 @@ AGGREGATORS = {
     "quantized": (lambda b: agg.quantized(b, agg.mean()), 8, np.int64(8), "bits"),
     "top_k": (lambda k: agg.top_k(k, agg.mean(), error_feedback=False), 5, np.int64(5), "k"),
     "clipped": (lambda n: agg.clipped(n, agg.mean()), 1.0, np.float32(1.0), "norm"),
+    "dp_ftrl_clip": (lambda c: agg.dp_ftrl_aggregator(0.5, 6, c), 1.0, np.float32(1.0), "clip"),
+    "dp_ftrl_restart": (
+        lambda k: agg.dp_ftrl_aggregator(0.5, 6, 1.0, restart_rounds=k),
+        3,
+        np.int64(3),
+        "restart_rounds",
+    ),
     "zeroed": (lambda n: agg.zeroed(n, agg.mean()), 2, np.int16(2), "norm"),
     "attacked": (
         lambda f: agg.attacked(agg.mean(), f, "sign_flip", fixed_per_client=False),
@@ -67,6 +74,8 @@ def test_the_accountant_and_the_algorithms_take_numpy_scalars():
         noise_multiplier=1.0, sampling_probability=np.float32(0.01), population=np.int64(1000)
     ).epsilon(np.int64(10))
     assert numpy == pytest.approx(python, rel=1e-6)  # q passes through float32
+    tree = privacy.tree_accountant(np.float32(4.0), np.int64(10), population=np.int64(1000))
+    assert tree.epsilon(np.int64(25)) == privacy.tree_accountant(4.0, 10, 1e-3).epsilon(25)
     assert alg.adaptive_server_optimizer("adam", np.float32(0.01), np.float64(0.9)) is not None
     with pytest.raises(ValueError, match="beta1"):
         alg.adaptive_server_optimizer("adam", 0.01, True)

@@ -470,6 +470,12 @@ def test_shakespeare_h5_trains_the_char_lstm_with_pad_tokens_masked(tmp_path):
             lambda: aggregation.dp_aggregator(0.7, clients_per_round=3, clip=0.5),
         ),
         (
+            "dp_ftrl:noise_multiplier=0.7,clip=0.5,restart_rounds=1",
+            lambda: aggregation.dp_ftrl_aggregator(
+                0.7, clients_per_round=3, clip=0.5, restart_rounds=1
+            ),
+        ),
+        (
             "clipped:norm=0.05/trimmed_mean:beta=0.34",
             lambda: aggregation.clipped(0.05, aggregation.trimmed_mean(0.34)),
         ),

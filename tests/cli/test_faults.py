@@ -264,7 +264,16 @@ BAD_VALUES = {
     "aggregator": st.one_of(
         _WORD.map(lambda name: f"zz_{name}"),  # no such kind
         _WORD.map(lambda name: f"dp:noise_multiplier=1,zz_{name}=1"),  # no such argument
-        st.sampled_from(["dp:clip", "/median", "median/", "dp:noise_multiplier=-1"]),
+        st.sampled_from(
+            [
+                "dp:clip",
+                "/median",
+                "median/",
+                "dp:noise_multiplier=-1",
+                "dp_ftrl:noise_multiplier=1",  # no clip
+                "dp_ftrl:noise_multiplier=1,clip=1,restart_rounds=0",
+            ]
+        ),
     ),
     "dropout": _numbers(lambda x: not 0 <= x <= 1),
     "straggler_rate": _numbers(lambda x: not 0 <= x <= 1),
