@@ -19,11 +19,13 @@ def build_lora_fed_avg(
     *,
     rank: int,
     client_optimizer,
+    server_optimizer=None,
     alpha: float | None = None,
     layer_names=None,
     metrics=None,
     aggregator: Aggregator | None = None,
-    **fed_avg_options,
+    client_learning_rate_schedule=None,
+    **engine_options,
 ) -> FederatedProcess:
     """LoRA on ``keras_model`` (in place), wrapped, and FedAvg over the factors.
 
@@ -34,14 +36,15 @@ def build_lora_fed_avg(
       dummy_batch: one batch ``(x, y)``, as for `from_keras_model`.
       loss: as for `from_keras_model`.
       rank: the LoRA rank.
-      client_optimizer: as for `build_weighted_fed_avg`.
+      client_optimizer, server_optimizer, client_learning_rate_schedule: as
+        for `build_weighted_fed_avg` (the server's default ``optax.sgd(1.0)``).
       alpha: LoRA's scale numerator; default ``rank``.
       layer_names: the layers to adapt (``layer.name``); see `enable_lora`.
       metrics: as for `from_keras_model`.
       aggregator: combines the clients' factor updates (default ``mean()``);
         wrapped in `upload_size` for the ``upload/bits_per_client`` metric.
-      **fed_avg_options: the other arguments of `build_weighted_fed_avg`
-        (``server_optimizer``, ``batch_size``, ...).
+      **engine_options: see `fedjax_keras.algorithms.EngineOptions`
+        (``batch_size``, ``epochs``, ``runner``, ...).
 
     Returns:
       The `FederatedProcess`; ``process.model.to_keras(weights,
@@ -58,6 +61,8 @@ def build_lora_fed_avg(
     return build_weighted_fed_avg(
         model,
         client_optimizer=client_optimizer,
+        server_optimizer=server_optimizer,
         aggregator=upload_size(inner),
-        **fed_avg_options,
+        client_learning_rate_schedule=client_learning_rate_schedule,
+        **engine_options,
     )

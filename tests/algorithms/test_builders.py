@@ -19,6 +19,11 @@ from fedjax_keras.testing import toy_models
 # builder (less "build_") -> (positional parameters in order, keyword-only parameters);
 # every builder also takes **engine_options. As published before the builders were derived.
 PUBLISHED = {
+    "lora_fed_avg": (
+        "keras_model dummy_batch loss",
+        "aggregator alpha client_learning_rate_schedule client_optimizer layer_names metrics"
+        " rank server_optimizer",
+    ),
     "agnostic_fed_avg": (
         "model client_optimizer server_optimizer",
         "aggregator domain_fn domain_learning_rate domain_update initial_domain_weights"
