@@ -7,8 +7,8 @@ builders (`build_weighted_fed_avg`, `build_fed_prox`, ...) are one line over
 them. FedAvg (weighted, unweighted), FedOpt (FedAdam, FedYogi, FedAdagrad:
 `fed_avg` with `adaptive_server_optimizer`), FedProx, FedSGD, SCAFFOLD, Mime,
 MimeLite, FedNova, FedDyn, FedBuff, evaluation; personalization (Ditto, APFL,
-FedRep/FedPer, pFedMe, personalization evaluation), clustering (HypCluster,
-federated k-means) and fairness (AFL, q-FFL). The engine's names
+FedRep/FedPer, Federated Reconstruction, pFedMe, personalization evaluation),
+clustering (HypCluster, federated k-means) and fairness (AFL, q-FFL). The engine's names
 (`FederatedProcess`, `FederatedAlgorithm`, `ServerState`, `sweep`, ...) are
 re-exported here too, where they were first published.
 """
@@ -50,6 +50,10 @@ from fedjax_keras.algorithms._fed_opt import fed_opt as fed_opt
 from fedjax_keras.algorithms._fed_prox import build_fed_prox as build_fed_prox
 from fedjax_keras.algorithms._fed_prox import fed_prox as fed_prox
 from fedjax_keras.algorithms._fed_prox import proximal_term as proximal_term
+from fedjax_keras.algorithms._fed_recon import build_fed_recon as build_fed_recon
+from fedjax_keras.algorithms._fed_recon import build_fed_recon_eval as build_fed_recon_eval
+from fedjax_keras.algorithms._fed_recon import fed_recon as fed_recon
+from fedjax_keras.algorithms._fed_recon import fed_recon_eval as fed_recon_eval
 from fedjax_keras.algorithms._fed_rep import build_fed_per as build_fed_per
 from fedjax_keras.algorithms._fed_rep import build_fed_rep as build_fed_rep
 from fedjax_keras.algorithms._fed_rep import fed_per as fed_per

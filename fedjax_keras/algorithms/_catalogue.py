@@ -18,6 +18,7 @@ from fedjax_keras.algorithms._fed_dyn import build_fed_dyn
 from fedjax_keras.algorithms._fed_nova import build_fed_nova
 from fedjax_keras.algorithms._fed_opt import build_fed_adagrad, build_fed_adam, build_fed_yogi
 from fedjax_keras.algorithms._fed_prox import build_fed_prox
+from fedjax_keras.algorithms._fed_recon import build_fed_recon
 from fedjax_keras.algorithms._fed_rep import build_fed_per, build_fed_rep
 from fedjax_keras.algorithms._fed_sgd import build_fed_sgd
 from fedjax_keras.algorithms._hyp_cluster import build_hyp_cluster
@@ -96,6 +97,22 @@ def _head_options(settings):
     if "head_steps" in settings.options:
         options["head_steps"] = settings.options["head_steps"]
     return options
+
+
+def _fed_recon_make(model, settings, **engine):
+    # Both local phases run SGD: the global weights at client_lr, the local ones at the
+    # option reconstruction_lr (0: client_lr).
+    options = settings.options
+    rate = float(options["reconstruction_lr"]) or settings.client_lr
+    return build_fed_recon(
+        model,
+        optax.sgd(settings.client_lr),
+        optax.sgd(rate),
+        optax.sgd(settings.server_rate(1.0)),
+        local_layers=options["local_layers"] or None,
+        reconstruction_steps=options["reconstruction_steps"],
+        **engine,
+    )
 
 
 _FEDAVG = "McMahan et al. 2017, arXiv:1602.05629"
@@ -248,6 +265,16 @@ BUILTIN = (
         "Arivazhagan et al. 2019, arXiv:1912.00818",
         _sgd_make(build_fed_per, _head_options, per_client_state=True),
         options={"head_layers": ""},
+    ),
+    AlgorithmEntry(
+        "fedrecon",
+        "build_fed_recon",
+        "Federated Reconstruction: per-client layers rebuilt from scratch every round "
+        "(reconstruction_steps batches), never sent nor stored; the rest trains the global "
+        "layers",
+        "Singhal et al. 2021, arXiv:2102.03448",
+        _fed_recon_make,
+        options={"local_layers": "", "reconstruction_steps": 1, "reconstruction_lr": 0.0},
     ),
     AlgorithmEntry(
         "hypcluster",

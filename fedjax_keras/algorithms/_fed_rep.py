@@ -61,17 +61,23 @@ from fedjax_keras.models import Model, ModelWeights
 from fedjax_keras.optimizers import as_optimizer
 
 
-def split_head(trainable: dict, head_layers) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``(head paths, body paths)`` of the trainable weights, by layer name.
+def split_head(
+    trainable: dict, head_layers, *, argument: str = "head_layers"
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(head paths, body paths)`` of the trainable weights, by layer name (or path predicate).
 
     Args:
       trainable: the model's trainable weights by path.
       head_layers: a layer name, a comma-separated string of them, a sequence
-        of them, or None / '' for the layer of the last trainable weight (the
-        output layer of a Sequential model).
+        of them, None / '' for the layer of the last trainable weight (the
+        output layer of a Sequential model), or a predicate ``path -> bool``
+        choosing weights by path.
+      argument: the caller's name for ``head_layers``, for the messages
+        (Federated Reconstruction's ``local_layers``).
 
     Raises:
-      ValueError: a name that matches no weight; the message lists the layers.
+      ValueError: a name that matches no weight (the message lists the layers),
+        or a predicate that chooses none (the message lists the paths).
 
     Warns:
       UserWarning: the head holds every trainable weight (a one-layer model
@@ -79,6 +85,14 @@ def split_head(trainable: dict, head_layers) -> tuple[tuple[str, ...], tuple[str
     """
     paths = list(trainable)
     layers = list(dict.fromkeys(path.rsplit("/", 1)[0] for path in paths))
+    if callable(head_layers):
+        head = tuple(p for p in paths if head_layers(p))
+        if not head:
+            raise ValueError(
+                f"{argument} {head_layers!r} chose no trainable weight; the model's weight "
+                f"paths are {paths!r}."
+            )
+        return head, _body_of(head, paths, head_layers, layers, argument)
     if head_layers is None or head_layers == "":
         names = [layers[-1]]
     elif isinstance(head_layers, str):
@@ -87,27 +101,33 @@ def split_head(trainable: dict, head_layers) -> tuple[tuple[str, ...], tuple[str
         names = list(head_layers)
     else:
         raise TypeError(
-            f"head_layers must be a layer name or a sequence of them; received {head_layers!r}."
+            f"{argument} must be a layer name, a sequence of them or a predicate on weight "
+            f"paths; received {head_layers!r}."
         )
     owns = lambda name, path: path == name or path.startswith(f"{name}/")  # noqa: E731
     unknown = [name for name in names if not any(owns(name, p) for p in paths)]
     if unknown:
         raise ValueError(
-            f"head_layers {unknown!r} match no trainable weight; the model's layers with "
+            f"{argument} {unknown!r} match no trainable weight; the model's layers with "
             f"trainable weights are {layers!r} (weight paths such as {paths[0]!r})."
         )
     head = tuple(p for p in paths if any(owns(name, p) for name in names))
+    return head, _body_of(head, paths, names, layers, argument)
+
+
+def _body_of(head, paths, chosen, layers, argument) -> tuple[str, ...]:
+    """The paths not in ``head``; a warning if there are none."""
     body = tuple(p for p in paths if p not in head)
     if not body:
         # FedPer's limit (every layer personal): legitimate, but rarely what was meant.
         warnings.warn(
-            f"head_layers {names!r} hold every trainable weight: no body is shared, so every "
+            f"{argument} {chosen!r} hold every trainable weight: no body is shared, so every "
             "client trains its own model alone and the server model never changes. Name only "
             f"the personal layers (the model's layers: {layers!r}), or use a deeper model.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return head, body
+    return body
 
 
 def _part(tree: dict, paths) -> dict:
@@ -207,7 +227,15 @@ def _per_program(model, client_optimizer, head, body, weighting):
     return ClientProgram(start, training_step(model, opt), finish)
 
 
-def _body_algorithm(name, model, program, head, body, server_optimizer, aggregator):
+def _body_algorithm(
+    name, model, program, head, body, server_optimizer, aggregator, *, keeps_heads=True
+):
+    """The server of the head/body algorithms: its optimizer on ``-aggregate`` over the body.
+
+    ``keeps_heads``: each client's head is its row of the client table
+    (FedRep, FedPer); False keeps no client table (Federated Reconstruction
+    rebuilds the head every round).
+    """
     template = model.initial_weights.trainable
     server_opt = server_optimizer_for(server_optimizer, _part(template, body))
 
@@ -227,7 +255,7 @@ def _body_algorithm(name, model, program, head, body, server_optimizer, aggregat
         server_init=lambda weights: (server_opt.init(_part(weights.trainable, body)), ()),
         server_update=server_update,
         aggregator=aggregator_or_default(aggregator),
-        client_state_init=lambda weights: _part(weights.trainable, head),
+        client_state_init=(lambda weights: _part(weights.trainable, head)) if keeps_heads else None,
     )
 
 

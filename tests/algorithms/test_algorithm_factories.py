@@ -112,6 +112,16 @@ CASES = {
         lambda m, c, s: alg.fed_rep(m, c, s, head_steps=1),
         lambda m, c, s, **e: alg.build_fed_rep(m, c, s, head_steps=1, **e),
     ),
+    "fed_recon": Case(
+        # The reconstruction optimizer is not the run's: a sweep sets the client optimizer's rate.
+        lambda m, c, s: alg.fed_recon(m, c, optax.sgd(CLIENT_RATE), s),
+        lambda m, c, s, **e: alg.build_fed_recon(m, c, optax.sgd(CLIENT_RATE), s, **e),
+    ),
+    "fed_recon_eval": Case(
+        lambda m, c, s: alg.fed_recon_eval(m, c),
+        lambda m, c, s, **e: alg.build_fed_recon_eval(m, c, **e),
+        sweep_error=NO_SERVER_OPTIMIZER,
+    ),
     "fed_per": Case(
         lambda m, c, s: alg.fed_per(m, c, s),
         lambda m, c, s, **e: alg.build_fed_per(m, c, s, **e),

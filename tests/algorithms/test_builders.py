@@ -71,6 +71,14 @@ PUBLISHED = {
         "model client_optimizer server_optimizer",
         "aggregator client_learning_rate_schedule mu non_trainable weighting",
     ),
+    "fed_recon": (
+        "model client_optimizer reconstruction_optimizer server_optimizer",
+        "aggregator local_init local_layers reconstruction_steps weighting",
+    ),
+    "fed_recon_eval": (
+        "model reconstruction_optimizer",
+        "local_init local_layers reconstruction_steps",
+    ),
     "fed_rep": (
         "model client_optimizer server_optimizer",
         "aggregator head_layers head_steps population_size weighting",

@@ -146,6 +146,10 @@ def _state_leaves(state):
 def test_each_algorithm_first_round_matches_the_documented_builder(tmp_path, algorithm):
     run_dir = tmp_path / algorithm
     args = [*TINY, "--algorithm", algorithm, "--rounds", "1", "--runner", "vmap"]
+    if algorithm == "fedrecon":
+        # Its local layer must leave global ones (not the default one-layer model), and
+        # its clients need a batch after the reconstruction batch (batch size 20).
+        args += ["--model", "mlp", "--client-size", "60"]
     assert main([*args, "--run-dir", str(run_dir)]) == 0
     (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert row["num_clients"] == 3 and row["eval_accuracy"] is not None
