@@ -60,6 +60,7 @@ SURFACE = {
         "FedBuffState",
         "FedDynState",
         "FederatedAlgorithm",
+        "FirstPass",
         "FederatedProcess",
         "MimeBroadcast",
         "MimeState",
@@ -122,6 +123,7 @@ SURFACE = {
         "kmeans_model",
         "mime",
         "mime_lite",
+        "paper_momentum",
         "personalization_eval",
         "personalization_eval_model",
         "pfedme",
@@ -277,6 +279,7 @@ def test_the_engine_is_its_own_package_and_the_old_paths_are_the_same_objects():
     engine, algorithms = fedjax_keras.engine, fedjax_keras.algorithms
     for name in (
         "FederatedAlgorithm",
+        "FirstPass",
         "Broadcast",
         "FederatedProcess",
         "EngineOptions",

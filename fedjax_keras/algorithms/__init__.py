@@ -71,6 +71,7 @@ from fedjax_keras.algorithms._mime import build_mime as build_mime
 from fedjax_keras.algorithms._mime import build_mime_lite as build_mime_lite
 from fedjax_keras.algorithms._mime import mime as mime
 from fedjax_keras.algorithms._mime import mime_lite as mime_lite
+from fedjax_keras.algorithms._mime import paper_momentum as paper_momentum
 from fedjax_keras.algorithms._personalization_eval import (
     build_personalization_eval as build_personalization_eval,
 )
@@ -100,6 +101,7 @@ from fedjax_keras.engine import Broadcast as Broadcast
 from fedjax_keras.engine import EngineOptions as EngineOptions
 from fedjax_keras.engine import FederatedAlgorithm as FederatedAlgorithm
 from fedjax_keras.engine import FederatedProcess as FederatedProcess
+from fedjax_keras.engine import FirstPass as FirstPass
 from fedjax_keras.engine import RoundOutput as RoundOutput
 from fedjax_keras.engine import ServerState as ServerState
 from fedjax_keras.engine import Sweep as Sweep

@@ -9,21 +9,34 @@ alternating a descent step on ``w`` and a projected ascent step on
 Each example belongs to a domain in ``[0, num_domains)``, given by a pure
 function of the batch, ``domain_fn(x, y) -> int32 [batch]`` (by default the
 label: the paper's experiment whose domains are classes). A round with
-server weights ``w`` and domain weights ``lambda``:
+server weights ``w`` and domain weights ``lambda`` has two passes over its
+cohort (the engine's `FirstPass`):
 
-- client ``i`` trains as in FedAvg (one pass, the client optimizer) and, in
-  the same pass, scores ``w`` itself on each example (inference mode), summing
-  per domain the losses ``S_ik`` and the example counts ``n_ik``;
-- its aggregation weight is ``beta_i = sum_k lambda_k n_ik / N_k``, where
-  ``N_k`` is domain ``k``'s example count in the previous round (1 before the
-  first), so the weighted mean of the deltas estimates a step on
-  ``sum_k lambda_k L_k`` (exact when a round's domain counts equal the
-  previous round's); the server steps its optimizer on ``-mean``;
-- the server forms ``L_k = sum_i S_ik / sum_i n_ik`` (0 for a domain without
-  examples) and updates ``lambda <- Proj_simplex(lambda + domain_lr L)``
-  ('projected', the paper's) or ``lambda <- lambda exp(domain_lr L) / Z``
-  ('exponentiated', as FedJAX's agnostic FedAvg); then ``N_k <- sum_i n_ik``
-  for the domains seen.
+- first pass, at ``w`` (inference mode, no training): every client sums per
+  domain its losses ``S_ik`` and examples ``n_ik``; the server forms this
+  round's domain counts ``N_k = sum_i n_ik`` and losses ``L_k = sum_i S_ik /
+  N_k`` (0 for a domain without examples);
+- training pass: client ``i`` trains as in FedAvg (the client optimizer) and
+  is weighted ``beta_i = sum_k lambda_k n_ik / N_k``: its share of the
+  mixture ``sum_k lambda_k L_k``, since ``L_k`` weighs each of domain
+  ``k``'s ``N_k`` examples ``1 / N_k``. The weights add up to ``lambda``'s
+  mass on the domains present, ``beta_i <= 1``, and the (weighted) mean of
+  the deltas is FedAvg's step on that mixture (exactly its gradient for one
+  local step when each client holds one domain, the paper's setting of
+  domains as client groups; FedAvg's usual approximation otherwise);
+- the server steps its optimizer on ``-mean`` and, simultaneously as the
+  paper's Stochastic-AFL (both steps at ``(w, lambda)``), ``lambda <-
+  Proj_simplex(lambda + domain_lr L)`` ('projected', the paper's) or
+  ``lambda <- lambda exp(domain_lr L) / Z`` ('exponentiated', as FedJAX's).
+
+Why a first pass: ``beta_i`` divides by the round's per-domain counts, which
+no client knows alone. Dividing by the previous round's counts instead
+(this module's former one-pass rule, FedJAX's with a window of one) gives a
+client weights of ``n_ik / N_k(previous)``, unbounded under label skew:
+under Dirichlet(0.1) one client with many examples of a label rare in the
+previous cohort carried whole rounds and the model stayed near chance
+(docs/algorithms.md). The first pass is a forward pass only; the training
+pass no longer scores ``w``, so a round costs about what it did.
 
 The model's loss includes its regularization losses; they shift every
 ``L_k`` by the same amount, which changes neither update of ``lambda``.
@@ -39,10 +52,17 @@ from fedjax_keras.aggregation import Aggregator, by_key
 from fedjax_keras.aggregation import sum as sum_aggregator
 from fedjax_keras.algorithms._builder import process_builder
 from fedjax_keras.algorithms._checks import aggregator_or_default, check_count, check_number
+from fedjax_keras.algorithms._metric_sums import MetricSums
 from fedjax_keras.algorithms._schedules import run_hyperparams
 from fedjax_keras.algorithms._server_step import pseudo_gradient_step, server_optimizer_for
 from fedjax_keras.client import ClientOutput, ClientProgram, start_training, training_step
-from fedjax_keras.engine import FederatedAlgorithm, FederatedProcess, check_choice, require_model
+from fedjax_keras.engine import (
+    FederatedAlgorithm,
+    FederatedProcess,
+    FirstPass,
+    check_choice,
+    require_model,
+)
 from fedjax_keras.models import Model
 from fedjax_keras.optimizers import as_optimizer
 
@@ -96,9 +116,10 @@ def agnostic_fed_avg(
 ) -> FederatedAlgorithm:
     """Agnostic federated averaging (Mohri et al. 2019, arXiv:1902.00146) as a `FederatedAlgorithm`.
 
-    ``min_w max_lambda sum_k lambda_k L_k(w)``: clients weigh ``beta_i =
-    sum_k lambda_k n_ik / N_k``, the server moves ``lambda`` toward the
-    domains of highest loss (module docstring).
+    ``min_w max_lambda sum_k lambda_k L_k(w)``: a first pass scores ``w`` per
+    domain over the cohort (``L_k``, ``N_k``); clients then train as in FedAvg,
+    weighted ``beta_i = sum_k lambda_k n_ik / N_k``, and the server moves
+    ``lambda`` toward the domains of highest loss (module docstring).
 
     Args:
       model: from `from_keras_model`.
@@ -138,10 +159,6 @@ def agnostic_fed_avg(
                 f"received {initial_domain_weights!r}."
             )
     domains_of = _label_domains if domain_fn is None else domain_fn
-    # The deltas with the user's aggregator; the per-domain loss and example sums added up.
-    update_aggregator = by_key(
-        {"delta": aggregator_or_default(aggregator), "domains": sum_aggregator()}
-    )
     template = model.initial_weights.trainable
     client_opt = as_optimizer(client_optimizer, template, argument="client_optimizer")
     server_opt = server_optimizer_for(server_optimizer, template)
@@ -154,65 +171,100 @@ def agnostic_fed_avg(
 
         return jax.vmap(one)(batch["x"], batch["y"])
 
-    def start(broadcast, client_state):
-        zeros = jnp.zeros((p,), jnp.float32)
-        train = start_training(model, client_opt, broadcast.model, run_hyperparams(broadcast))
-        return train, zeros, zeros
+    def domain_counts(batch, mask):
+        domains = jnp.where(mask, domains_of(batch["x"], batch["y"]), p)  # padding: no domain
+        return domains, jax.ops.segment_sum(mask.astype(jnp.float32), domains, p)
 
-    def step(carry, batch, key, broadcast, client_state):
-        train, loss_sums, counts = carry
+    # First pass: the server model's per-domain loss and example sums over the cohort.
+    def score_start(broadcast, client_state):
+        zero = jnp.zeros((), jnp.float32)
+        sums = MetricSums(model.init_metrics(), zero, jnp.zeros((), jnp.int32))
+        return sums, jnp.zeros((p,), jnp.float32), jnp.zeros((p,), jnp.float32)
+
+    def score_step(carry, batch, key, broadcast, client_state):
+        sums, loss_sums, counts = carry
         mask = jnp.asarray(batch["mask"], bool)
         clean = {**batch, "mask": mask.astype(jnp.float32)}
         losses = jnp.where(mask, example_losses(broadcast.model, clean), 0.0)
-        domains = jnp.where(mask, domains_of(batch["x"], batch["y"]), p)  # padding: no domain
-        return (
-            train_step(train, batch, key, broadcast, client_state),
-            loss_sums + jax.ops.segment_sum(losses, domains, p),
-            counts + jax.ops.segment_sum(mask.astype(jnp.float32), domains, p),
+        domains, batch_counts = domain_counts(batch, mask)
+        sums = MetricSums(
+            sums.metrics,
+            sums.loss_sum + jnp.sum(losses),
+            sums.num_examples + jnp.sum(mask).astype(jnp.int32),
         )
+        return sums, loss_sums + jax.ops.segment_sum(losses, domains, p), counts + batch_counts
+
+    def score_finish(carry, broadcast, client_state) -> ClientOutput:
+        sums, loss_sums, counts = carry
+        update = {"loss_sums": loss_sums, "counts": counts}
+        return ClientOutput.from_training(sums, update, jnp.ones((), jnp.float32))
+
+    def apply_scores(algorithm_state, aggregate):
+        counts = aggregate["counts"]
+        seen = counts > 0
+        losses = jnp.where(seen, aggregate["loss_sums"] / jnp.where(seen, counts, 1), 0.0)
+        return {**algorithm_state, "domain_counts": counts, "domain_losses": losses}
+
+    first_pass = FirstPass(
+        ClientProgram(score_start, score_step, score_finish),
+        apply_scores,
+        by_key({"loss_sums": sum_aggregator(), "counts": sum_aggregator()}),
+    )
+
+    # Training pass: FedAvg, each client weighted by its share of the mixture.
+    def start(broadcast, client_state):
+        train = start_training(model, client_opt, broadcast.model, run_hyperparams(broadcast))
+        return train, jnp.zeros((p,), jnp.float32)
+
+    def step(carry, batch, key, broadcast, client_state):
+        train, counts = carry
+        _, batch_counts = domain_counts(batch, jnp.asarray(batch["mask"], bool))
+        return train_step(train, batch, key, broadcast, client_state), counts + batch_counts
 
     def finish(carry, broadcast, client_state) -> ClientOutput:
-        train, loss_sums, counts = carry
+        train, counts = carry
         weights = broadcast.algorithm_state["domain_weights"]
-        previous = broadcast.algorithm_state["domain_counts"]
+        totals = broadcast.algorithm_state["domain_counts"]
         delta = jax.tree.map(jnp.subtract, train.weights.trainable, broadcast.model.trainable)
-        domains = {"loss_sums": loss_sums, "counts": counts}
-        weight = jnp.sum(weights * counts / previous)
-        return ClientOutput.from_training(train, {"delta": delta, "domains": domains}, weight)
+        # A domain this client holds has totals > 0 (its own examples are among them);
+        # jnp.where keeps 0 / 0 out of the others.
+        share = jnp.where(totals > 0, counts / jnp.where(totals > 0, totals, 1.0), 0.0)
+        return ClientOutput.from_training(train, delta, jnp.sum(weights * share))
 
     def server_update(state, aggregate, key):
         del key
-        state = pseudo_gradient_step(server_opt, state, aggregate["delta"])
-        counts = aggregate["domains"]["counts"]
-        seen = counts > 0
-        losses = jnp.where(seen, aggregate["domains"]["loss_sums"] / jnp.where(seen, counts, 1), 0)
+        state = pseudo_gradient_step(server_opt, state, aggregate)
+        losses = state.algorithm_state["domain_losses"]
+        counts = state.algorithm_state["domain_counts"]
         weights = state.algorithm_state["domain_weights"]
         if domain_update == "projected":
             new_weights = project_simplex(weights + gamma * losses)
         else:
             raised = weights * jnp.exp(gamma * (losses - jnp.max(losses)))
             new_weights = raised / jnp.sum(raised)
-        previous = state.algorithm_state["domain_counts"]
-        algorithm_state = {
-            "domain_weights": new_weights,
-            "domain_counts": jnp.where(seen, counts, previous),
-        }
+        algorithm_state = {**state.algorithm_state, "domain_weights": new_weights}
         return state.replace(algorithm_state=algorithm_state), {
             "domain_weights": new_weights,
             "domain_losses": losses,
             "domain_examples": counts.astype(jnp.int32),
-            "worst_domain_loss": jnp.max(jnp.where(seen, losses, -jnp.inf)),
+            "worst_domain_loss": jnp.max(jnp.where(counts > 0, losses, -jnp.inf)),
         }
 
+    zeros = jnp.zeros((p,), jnp.float32)
     return FederatedAlgorithm(
         name="agnostic_fed_avg",
         client_program=ClientProgram(start, step, finish),
         server_init=lambda w: (
             server_opt.init(w.trainable),
-            {"domain_weights": jnp.asarray(initial), "domain_counts": jnp.ones((p,), jnp.float32)},
+            {
+                "domain_weights": jnp.asarray(initial),
+                "domain_counts": zeros,
+                "domain_losses": zeros,
+            },
         ),
         server_update=server_update,
-        aggregator=update_aggregator,
+        aggregator=aggregator_or_default(aggregator),
+        first_pass=first_pass,
     )
 
 
@@ -224,7 +276,10 @@ def build_agnostic_fed_avg(*args, **kwargs) -> FederatedProcess:
       A `FederatedProcess`. Round metrics: FedAvg's, plus ``domain_weights``
       (``lambda`` after the round), ``domain_losses`` (``L_k`` of the round's
       server model), ``domain_examples`` (arrays [p]) and ``worst_domain_loss``.
-      ``state.algorithm_state`` is ``{'domain_weights', 'domain_counts'}``.
+      ``state.algorithm_state`` is ``{'domain_weights', 'domain_counts',
+      'domain_losses'}`` (the last two: the latest round's first pass), and the
+      first pass adds ``first_pass/loss`` (inference loss of ``w``) and its
+      client counts. It cannot run under `Sweep` (two passes per round).
 
     Example:
       >>> process = build_agnostic_fed_avg(model, optax.sgd(0.05), domain_learning_rate=0.5,

@@ -11,6 +11,7 @@ algorithm, as FedJAX's ``core/`` imports none of its ``algorithms/``.
 
 from fedjax_keras.engine._algorithm import Broadcast as Broadcast
 from fedjax_keras.engine._algorithm import FederatedAlgorithm as FederatedAlgorithm
+from fedjax_keras.engine._algorithm import FirstPass as FirstPass
 from fedjax_keras.engine._algorithm import check_choice as check_choice
 from fedjax_keras.engine._algorithm import default_broadcast as default_broadcast
 from fedjax_keras.engine._algorithm import require_model as require_model

@@ -14,7 +14,10 @@ A `FederatedAlgorithm` bundles, like an optax transform or FedJAX's
 - ``broadcast(state)``: what every client receives (the model and the
   algorithm state by default);
 - ``client_state_init(weights) -> row``: the persistent state of a client
-  never seen (None when the algorithm keeps none).
+  never seen (None when the algorithm keeps none);
+- ``first_pass``: an optional `FirstPass`, a pass over the round's cohort at
+  the server weights before local training (Mime's full-batch gradient,
+  agnostic FedAvg's per-domain counts), run by `fedjax_keras.engine._first_pass`.
 
 The engine (`FederatedProcess`) runs any such algorithm with any executor,
 on any mesh; nothing in the round loop knows which algorithm it runs. A new
@@ -49,6 +52,29 @@ def default_broadcast(state) -> Broadcast:
     return Broadcast(state.model, state.algorithm_state, state.hyperparams.get("client", {}))
 
 
+class FirstPass(NamedTuple):
+    """A pass over the round's cohort before its training pass, for what needs the whole cohort.
+
+    Some algorithms need, before any client trains, a statistic of the round's
+    whole cohort at the server weights (Mime's mean full-batch gradient ``c``).
+    The engine runs ``client_program`` on the same clients and batches (one
+    epoch), combines its updates with ``aggregator`` and writes the result
+    into the algorithm state with ``apply``; then the round broadcasts and
+    trains as usual.
+
+    Attributes:
+      client_program: a `ClientProgram` receiving ``broadcast(state)``; its
+        ``update`` goes to ``aggregator``, its loss and examples are reported
+        as ``first_pass/loss`` and ``first_pass/num_examples``.
+      apply: ``(algorithm_state, aggregate) -> algorithm_state``, pure.
+      aggregator: combines the updates (default: the weighted mean).
+    """
+
+    client_program: ClientProgram
+    apply: Callable[[Any, Any], Any]
+    aggregator: Aggregator = mean()
+
+
 class FederatedAlgorithm(NamedTuple):
     """A federated algorithm as pure data and functions (see the module docstring).
 
@@ -61,6 +87,7 @@ class FederatedAlgorithm(NamedTuple):
       broadcast: ``(state) -> what every client receives``.
       client_state_init: ``(weights) -> one client's initial persistent
         state``, or None.
+      first_pass: a `FirstPass` run over the cohort before local training, or None.
     """
 
     name: str
@@ -70,6 +97,7 @@ class FederatedAlgorithm(NamedTuple):
     aggregator: Aggregator = mean()
     broadcast: Callable[[Any], Any] = default_broadcast
     client_state_init: Callable[[ModelWeights], Any] | None = None
+    first_pass: FirstPass | None = None
 
 
 def require_model(model) -> None:

@@ -45,6 +45,7 @@ from fedjax_keras.data import FederatedData, padding_warning
 from fedjax_keras.engine._algorithm import FederatedAlgorithm, require_model
 from fedjax_keras.engine._checks import check_state, checked_cohort, state_template
 from fedjax_keras.engine._cohort_caches import CohortCaches
+from fedjax_keras.engine._first_pass import FirstPassRunner
 from fedjax_keras.engine._options import EngineOptions
 from fedjax_keras.engine._plan import (
     RoundPlan,
@@ -112,6 +113,9 @@ class FederatedProcess:
         self._padding_warned = False
         self._start = self.placement.jit(self.start_carry, static_argnums=(2,))
         self._finish = self.placement.jit(self.finish)
+        self._first_pass = None
+        if algorithm.first_pass is not None:
+            self._first_pass = FirstPassRunner(self, FederatedProcess)
 
     # ------------------------------------------------------------- read-only views
     @property
@@ -247,7 +251,9 @@ class FederatedProcess:
           ``num_empty_clients`` (without examples), ``num_dropped_clients``
           (non-finite results, left out), ``server_update_nonfinite`` (1 when
           the server update was not finite and not applied),
-          ``padding_fraction`` and ``runner``.
+          ``padding_fraction`` and ``runner``; an algorithm with a `FirstPass`
+          adds ``first_pass/loss``, ``first_pass/num_examples``,
+          ``first_pass/num_clients`` and ``first_pass/num_dropped_clients``.
 
         Raises:
           StateMismatchError: ``state`` was built by another process.
@@ -256,6 +262,10 @@ class FederatedProcess:
           ValueError / TypeError: a cohort that does not fit the model or the state.
         """
         given = state
+        first_metrics = {}
+        if self._first_pass is not None:
+            check_state(state, self._state_template(), self.name)
+            state, first_metrics = self._first_pass.run(state, cohort)
         round_plan = self.prepare_round(state, cohort)
         state, plan, row_steps = round_plan.state, round_plan.cohort_plan, round_plan.row_steps
         carry = self._start(state.aggregator_state, state.client_states, round_plan.capacity)
@@ -301,6 +311,7 @@ class FederatedProcess:
                 nonfinite_message(self.name, round_plan.round_num, state, np.asarray(flags), streak)
             )
         host_metrics["runner"] = bound.name
+        host_metrics.update(first_metrics)
         self._warn_about_padding(plan)
         host_metrics = finish_host_metrics(
             host_metrics, new_state, round_plan, self.options.host_metrics

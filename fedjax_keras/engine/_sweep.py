@@ -15,7 +15,8 @@ in its server optimizer's state and each run's client learning rate in
 
 Limits: the `Vmap` executor only (host-driven steps are not vmapped over
 runs), data kept on the device (cohorts sampled from one population), and
-cohorts of one size per round (each run may have its own clients).
+cohorts of one size per round (each run may have its own clients), and
+algorithms of one pass per round (no `FirstPass`).
 """
 
 from collections.abc import Callable, Sequence
@@ -109,6 +110,13 @@ class Sweep:
         if not isinstance(self.process, FederatedProcess):
             raise TypeError(
                 f"build must return a FederatedProcess; returned {type(self.process).__name__}."
+            )
+        if self.process.algorithm.first_pass is not None:
+            raise ValueError(
+                f"{self.process.name} runs a first pass over each cohort before training "
+                "(FederatedAlgorithm.first_pass), which a sweep does not vmap. Run each "
+                "configuration as its own FederatedProcess, or pick the algorithm's one-pass "
+                "variant (Mime: control_variate='previous_round')."
             )
         runner = self.process.options.runner
         if runner not in ("vmap", "auto") and not isinstance(runner, Vmap):

@@ -47,24 +47,25 @@ def _sign_of_first_feature(x, y):
     return (x[:, 0] > 0).astype(np.int32)
 
 
-def _hand(model, cohort, rounds, domains_of, p, update):
+def _hand(model, cohorts, domains_of, p, update):
+    """Stochastic-AFL as FedAvg rounds: per-domain losses of the server model over the round's
+    cohort, clients weighted sum_k lambda_k n_ik / N_k with N_k the round's counts."""
     server = model.initial_weights
-    weights, counts = np.full(p, 1.0 / p), np.ones(p)
+    weights = np.full(p, 1.0 / p)
     history = []
-    for _ in range(rounds):
-        deltas, betas, sums, seen = [], [], np.zeros(p), np.zeros(p)
-        for _, client in cohort:
+    for cohort in cohorts:
+        clients = [client for _, client in cohort if len(client["y"])]
+        sums, seen, per_client = np.zeros(p), np.zeros(p), []
+        for client in clients:
             x, y = client["x"], client["y"]
-            if len(y) == 0:
-                continue
             logits = model.apply(server, x)
             losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, y))
             d = np.asarray(domains_of(x, y))
-            n_i = np.bincount(d, minlength=p)
+            per_client.append(np.bincount(d, minlength=p))
             sums += np.bincount(d, weights=losses, minlength=p)
-            seen += n_i
-            deltas.append(delta(sgd(model, server, batches_of(client, BATCH), LR), server))
-            betas.append(float(np.sum(weights * n_i / counts)))
+            seen += per_client[-1]
+        deltas = [delta(sgd(model, server, batches_of(cl, BATCH), LR), server) for cl in clients]
+        betas = [float(np.sum(weights * n_i / np.maximum(seen, 1))) for n_i in per_client]
         mean = weighted_mean(deltas, betas)
         server = ModelWeights(
             {k: server.trainable[k] + mean[k] for k in mean}, server.non_trainable
@@ -75,8 +76,7 @@ def _hand(model, cohort, rounds, domains_of, p, update):
         else:
             weights = weights * np.exp(GAMMA * domain_losses)
             weights = weights / weights.sum()
-        counts = np.where(seen > 0, seen, counts)
-        history.append((server, weights, counts, domain_losses))
+        history.append((server, weights, seen, domain_losses, betas))
     return history
 
 
@@ -100,7 +100,8 @@ def test_two_rounds_against_domain_losses_and_weights_by_hand(model, update, dom
     )
     state = process.initialize(0)
     labels = lambda x, y: y  # noqa: E731
-    for server, weights, counts, losses in _hand(model, cohort, 2, domain_fn or labels, p, update):
+    history = _hand(model, [cohort, cohort], domain_fn or labels, p, update)
+    for server, weights, counts, losses, _ in history:
         out = process.next(state, cohort)
         state = out.state
         assert_trees_all_close(state.model, server, rtol=1e-5, atol=1e-6)
@@ -129,3 +130,51 @@ def test_registry_entry_lowers_the_worst_domain_loss_over_ten_rounds():
     # lambda has moved to the domains the model serves worst.
     worst = set(np.argsort(history[-1]["domain_losses"])[-2:].tolist())
     assert set(np.argsort(weights)[-2:].tolist()) == worst
+
+
+def _one_label_clients(spec, seed):
+    """Clients of one label each (Dirichlet(0.1)-like skew): spec = [(size, label)]."""
+    rng = np.random.default_rng(seed)
+    return fk.data.FederatedData.from_client_dict(
+        {
+            f"c{i}": {
+                "x": rng.normal(size=(n, 4)).astype(np.float32),
+                "y": np.full(n, label, np.int32),
+            }
+            for i, (n, label) in enumerate(spec)
+        }
+    )
+
+
+def test_label_skew_weights_by_this_rounds_counts_and_lambda_stays_on_the_simplex(model):
+    """The rule that collapsed under Dirichlet(0.1): round 1's client of 9 examples of label
+    1, which round 0 saw once, weighed lambda_1 * 9 / 1 = 3 with the previous round's counts
+    against 1/3 for the rest; with the round's own counts no client weighs more than 1."""
+    cohorts = [
+        _one_label_clients([(8, 0), (1, 1), (6, 2)], seed=84),
+        _one_label_clients([(9, 1), (2, 0), (3, 2), (4, 2)], seed=85),
+        _one_label_clients([(1, 0), (7, 1), (5, 1)], seed=86),
+    ]
+    process = build_agnostic_fed_avg(
+        model,
+        optax.sgd(LR),
+        domain_learning_rate=GAMMA,
+        batch_size=BATCH,
+        shuffle=False,
+        runner="sequential",
+    )
+    state = process.initialize(0)
+    labels = lambda x, y: y  # noqa: E731
+    for cohort, (server, weights, counts, losses, betas) in zip(
+        cohorts, _hand(model, cohorts, labels, 3, "projected")
+    ):
+        out = process.next(state, cohort)
+        state = out.state
+        assert max(betas) <= 1.0 + 1e-12 and sum(betas) <= 1.0 + 1e-12
+        assert_trees_all_close(state.model, server, rtol=1e-5, atol=1e-6)
+        lam = np.asarray(state.algorithm_state["domain_weights"])
+        assert np.all(np.isfinite(lam)) and np.all(lam >= 0) and abs(lam.sum() - 1) < 1e-5
+        np.testing.assert_allclose(lam, weights, atol=1e-5)
+        np.testing.assert_allclose(out.metrics["domain_examples"], counts)
+        np.testing.assert_allclose(out.metrics["domain_losses"], losses, rtol=1e-5, atol=1e-6)
+        assert out.metrics["first_pass/num_clients"] == len(betas)

@@ -45,7 +45,7 @@ def _mime_base(client):
     # Mime mimics a base optimizer whose state lives on the server: a sweep sets the
     # server's learning rate, and the base keeps its own.
     del client
-    return optax.sgd(CLIENT_RATE, momentum=0.9)
+    return alg.paper_momentum(CLIENT_RATE, 0.9)
 
 
 CASES = {
@@ -77,6 +77,13 @@ CASES = {
     "mime": Case(
         lambda m, c, s: alg.mime(m, _mime_base(c), s),
         lambda m, c, s, **e: alg.build_mime(m, _mime_base(c), s, **e),
+        sweep_error=r"first pass over each cohort",
+    ),
+    "mime_previous_round": Case(
+        lambda m, c, s: alg.mime(m, _mime_base(c), s, control_variate="previous_round"),
+        lambda m, c, s, **e: alg.build_mime(
+            m, _mime_base(c), s, control_variate="previous_round", **e
+        ),
     ),
     "mime_lite": Case(
         lambda m, c, s: alg.mime_lite(m, _mime_base(c), s),
@@ -133,6 +140,7 @@ CASES = {
     "agnostic_fed_avg": Case(
         lambda m, c, s: alg.agnostic_fed_avg(m, c, s, domain_learning_rate=0.5),
         lambda m, c, s, **e: alg.build_agnostic_fed_avg(m, c, s, domain_learning_rate=0.5, **e),
+        sweep_error=r"first pass over each cohort",
     ),
     "hyp_cluster": Case(
         lambda m, c, s: alg.hyp_cluster(m, c, s, num_clusters=2),
@@ -247,26 +255,29 @@ def _numbers(metrics):
 def test_factory_inside_a_sweep_equals_separate_runs(name, model, population):
     case = CASES[name]
     run_model, factory_model, cohorts = _setting(case, model, population)
-    runs = fk.sweep(
-        lambda c, s: FederatedProcess(
-            run_model, case.factory(factory_model, c, s), runner="vmap", **ENGINE
-        ),
-        SEEDS,
-        CLIENT_LRS,
-        SERVER_LRS,
-    )
+
+    def make_runs():
+        return fk.sweep(
+            lambda c, s: FederatedProcess(
+                run_model, case.factory(factory_model, c, s), runner="vmap", **ENGINE
+            ),
+            SEEDS,
+            CLIENT_LRS,
+            SERVER_LRS,
+        )
 
     def run_all():
+        runs = make_runs()
         states = runs.initialize()
         for cohort in cohorts:
             states = runs.next(states, cohort).state
-        return states
+        return runs, states
 
     if case.sweep_error is not None:
         with pytest.raises(ValueError, match=case.sweep_error):
             run_all()
         return
-    states = run_all()
+    runs, states = run_all()
     separate_run_1 = _factory_process(case, run_model, factory_model, "vmap", 1)
     for k, alone in enumerate(
         [_vmapped(name, model, population), _train(separate_run_1, cohorts, SEEDS[1])]

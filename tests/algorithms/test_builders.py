@@ -92,7 +92,7 @@ PUBLISHED = {
         "model client_optimizer server_optimizer",
         "aggregator cluster_seed init_noise initial_clusters num_clusters",
     ),
-    "mime": ("model base_optimizer server_optimizer", "aggregator weighting"),
+    "mime": ("model base_optimizer server_optimizer", "aggregator control_variate weighting"),
     "mime_lite": ("model base_optimizer server_optimizer", "aggregator weighting"),
     "personalization_eval": ("model fine_tune_optimizer", "fine_tune_steps percentiles"),
     "pfedme": (
