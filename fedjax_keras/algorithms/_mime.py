@@ -52,6 +52,10 @@ How the rounds are run, and why:
 - Gradients at ``x`` (and ``x_prev``) use the same Dropout key as the step's
   gradient at ``y``; non-trainable weights (BatchNorm statistics) are the
   server's, as in FedAvg's default.
+
+One job: the Mime family's client program and server update; its three
+control-variate sources (first pass, previous round, none for MimeLite) share
+the local step and the statistics update, so they stay in one module.
 """
 
 from typing import Any, NamedTuple

@@ -349,6 +349,19 @@ def parse_options(text: str | None, accepted: dict, algorithm: str) -> dict:
     return values
 
 
+def _check_writable_folder(path: str, flag: str) -> None:
+    """UsageError unless ``path`` is, or can be made, a writable directory (nothing is made)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag}: {path!r} is a file; expected a directory.")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag}: {path!r} is below the file {parent!r}; expected a directory.")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag}: cannot write in {parent!r}; expected a writable directory.")
+
+
 def validate(config: Config) -> None:
     """Raises UsageError for a value out of range or not among the choices."""
     for name, value in to_dict(config).items():
@@ -362,6 +375,8 @@ def validate(config: Config) -> None:
             f"--task: unknown task {config.task!r}; expected one of {list(TASKS)} "
             "(or --task-file PATH for a TFF .h5 file or LEAF .json data)."
         )
+    if config.tensorboard:
+        _check_writable_folder(config.tensorboard, "--tensorboard")
     if config.task_format not in FILE_FORMATS:
         raise UsageError(
             f"--task-format: expected one of {list(FILE_FORMATS)}; received {config.task_format!r}."

@@ -1,5 +1,9 @@
 """The run directory: resolved config, per-round metrics (JSONL, CSV), curves, checkpoints.
 
+One job: everything a run writes, and the one-line errors when it cannot
+(the ``--tensorboard`` copy of the rows included), so the writers share one
+error path.
+
 Layout::
 
     <run_dir>/config.yaml      the resolved configuration (what ``--resume`` reads)
@@ -94,6 +98,18 @@ def writing(path: str, action: str = "write"):
         raise UsageError(
             f"--run-dir: cannot {action} {path!r} ({os_error_reason(error, path)}); "
             "expected a writable directory with free space."
+        ) from None
+
+
+@contextlib.contextmanager
+def _writing_board(path: str, action: str = "write"):
+    """`writing` for the ``--tensorboard`` folder."""
+    try:
+        yield
+    except OSError as error:
+        raise UsageError(
+            f"--tensorboard: cannot {action} {path!r} ({os_error_reason(error, path)}); "
+            "expected a writable directory."
         ) from None
 
 
@@ -205,11 +221,14 @@ class RunDir:
         from fedjax_keras.training import TensorBoard
 
         try:
-            self.board = TensorBoard(log_dir)
+            board = TensorBoard(log_dir)
         except ImportError:
             raise UsageError(
                 "--tensorboard needs tensorboardX: pip install fedjax_keras[tensorboard]."
             ) from None
+        with _writing_board(log_dir, "create"):
+            os.makedirs(log_dir, exist_ok=True)
+        self.board = board
 
     def release(self) -> None:
         """Drops the directory's lock (at the end of the run; exiting drops it too)."""
@@ -275,7 +294,8 @@ class RunDir:
         self.rows = list(by_round.values())
         self._rewrite()
         if self.board is not None:  # the rounds after up_to_round are purged there too
-            self.board.on_begin(up_to_round, self.rows)
+            with _writing_board(self.board.log_dir):
+                self.board.on_begin(up_to_round, self.rows)
 
     def append(self, row: dict) -> None:
         """Records the metrics of one round, after the rounds already recorded."""
@@ -289,7 +309,7 @@ class RunDir:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
         if self.board is not None:
-            with writing(self.board.log_dir):
+            with _writing_board(self.board.log_dir):
                 self.board.on_round_end(row, None)
 
     def _rewrite(self) -> None:

@@ -25,8 +25,9 @@ def _net(seed=0) -> keras.Model:
     tokens = keras.Input((5,), dtype="int32")
     hidden = keras.layers.Embedding(12, 6)(tokens)
     hidden = keras.layers.LayerNormalization()(hidden)
-    hidden = keras.layers.Dense(6, activation="relu")(keras.layers.GlobalAveragePooling1D()(hidden))
-    return keras.Model(tokens, keras.layers.Dense(3, activation="softmax")(hidden))
+    hidden = keras.layers.GlobalAveragePooling1D()(hidden)
+    hidden = keras.layers.Dense(6, activation="relu", name="hidden")(hidden)
+    return keras.Model(tokens, keras.layers.Dense(3, activation="softmax", name="out")(hidden))
 
 
 def _lora_by_hand(net: keras.Model) -> keras.Model:
@@ -53,7 +54,7 @@ def lora_run():
     net = _net()
     keras.utils.set_random_seed(1)  # the same LoRA factor initialisation as the reference
     process = fk.algorithms.build_lora_fed_avg(
-        net, DATA.client(0), LOSS, rank=2, layer_names=["dense", "dense_1"], **OPTIONS
+        net, DATA.client(0), LOSS, rank=2, layer_names=["hidden", "out"], **OPTIONS
     )
     return process, *_run(process)
 

@@ -287,6 +287,9 @@ BAD_VALUES = {
     "compile_cache": _TEXT.filter(
         lambda t: t.lower() not in ("true", "false", "yes", "no", "1", "0")
     ),
+    "tensorboard": st.one_of(
+        _WORD.map(lambda n: f"a_file/{n}"), _WORD.map(lambda n: f"board_\x00{n}")
+    ),
 }
 
 
