@@ -132,8 +132,25 @@ def test_a_fedavg_round_is_finite_and_vmap_equals_sequential(wrapped, vmap_round
     for leaf in jax.tree.leaves(vmap_round.state.model):
         assert np.all(np.isfinite(leaf))
     sequential = _round(wrapped, "sequential")
-    assert_trees_all_close(vmap_round.state.model, sequential.state.model, **TOL)
-    assert vmap_round.metrics["loss"] == pytest.approx(sequential.metrics["loss"], rel=1e-5)
+    applications = wrapped["family"].name in APPLICATIONS
+    # ResNet50's training-mode loss: 1.8e-5 apart (grouped against plain convolutions).
+    loss_rtol = 1e-4 if applications else 1e-5
+    assert vmap_round.metrics["loss"] == pytest.approx(sequential.metrics["loss"], rel=loss_rtol)
+    if not applications:
+        assert_trees_all_close(vmap_round.state.model, sequential.state.model, **TOL)
+        return
+    # Even one full step is ill-conditioned through BatchNorm at 1x1 (see _round):
+    # measured, the executors differ by up to 2% of a leaf's move in the round
+    # (ResNet50; MobileNetV2 3e-6 absolute). A wrong sum or mask moves by 100%.
+    start = wrapped["model"].initial_weights
+    for path, a, b, w in zip(
+        *zip(*jax.tree_util.tree_flatten_with_path(vmap_round.state.model)[0]),
+        jax.tree.leaves(sequential.state.model),
+        jax.tree.leaves(start),
+    ):
+        move = float(np.abs(np.asarray(a) - np.asarray(w)).max())
+        diff = float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        assert diff <= 0.05 * move + TOL["atol"], (jax.tree_util.keystr(path), diff, move)
 
 
 @pytest.fixture(scope="module", params=["fresh_copy", "second_instance"])
