@@ -13,6 +13,10 @@ from fedjax_keras.parallel import Stepwise, Vmap, check_mesh
 
 RUNNERS = ("auto", "timed", "vmap", "unroll", "sequential")
 DATA_PLACEMENTS = ("auto", "device", "host")
+# Above this many trainable tensors a convolutional model's 'auto' runner on a
+# CPU is 'sequential', untimed: keras.applications' nets have 200-320 (the
+# benchmark protocols' CNNs 6-8), and timing would compile two large programs.
+AUTO_TIMING_MAX_TENSORS = 64
 
 
 def is_positive_int(value) -> bool:
@@ -162,8 +166,18 @@ class EngineOptions:
             size = int(self.chunk_size)
         return -(-size // num_devices) * num_devices
 
-    def executor_candidates(self, has_convolutions: bool) -> tuple[list, bool]:
-        """``(executors, measure)``: the executors to choose from, and whether to time them."""
+    def executor_candidates(
+        self, has_convolutions: bool, num_weight_tensors: int = 0
+    ) -> tuple[list, bool]:
+        """``(executors, measure)``: the executors to choose from, and whether to time them.
+
+        ``num_weight_tensors`` (the model's trainable leaves) lets 'auto' skip
+        timing for a large convolutional model on a CPU: timing compiles both
+        host-driven step programs, and 'unroll' (two clients written out) costs
+        about twice the compilation of 'sequential' for little gain when each
+        step is large (MobileNetV2: a first round 3.5x Keras' first
+        train_on_batch with timing, 1.65x with 'sequential').
+        """
         if isinstance(self.runner, (Vmap, Stepwise)):
             return [self.runner], False
         named = {
@@ -178,6 +192,8 @@ class EngineOptions:
             return [named["vmap"]], False
         # A vmapped scan of convolutions on XLA:CPU is several times slower
         # (grouped convolutions inside a while loop): time the host-driven ones.
+        if self.runner == "auto" and conv_on_cpu and num_weight_tensors > AUTO_TIMING_MAX_TENSORS:
+            return [named["sequential"]], False
         if conv_on_cpu:
             return [named["sequential"], named["unroll"]], True
         return [named["vmap"], named["sequential"]], True

@@ -106,6 +106,7 @@ class FederatedProcess:
             model.has_convolutions,
             make_chunk_program(algorithm, model),
             self.placement,
+            num_weight_tensors=len(model.initial_weights.trainable),
         )
         self._cohort_caches = CohortCaches(model, self.options, self.placement)
         self._output_spec_cache = None

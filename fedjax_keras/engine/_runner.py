@@ -22,6 +22,8 @@ class RunnerChoice:
       options: the process's `EngineOptions` (its ``runner``).
       has_convolutions: whether the model has convolutions (they change the
         candidates on a CPU).
+      num_weight_tensors: the model's trainable leaves (a large convolutional
+        model is not timed on a CPU; see `EngineOptions.executor_candidates`).
       chunk_program: what every executor runs.
       placement: the mesh it runs on.
     """
@@ -32,8 +34,11 @@ class RunnerChoice:
         has_convolutions: bool,
         chunk_program: ChunkProgram,
         placement: Placement,
+        num_weight_tensors: int = 0,
     ):
-        self._candidates, self._measure = options.executor_candidates(has_convolutions)
+        self._candidates, self._measure = options.executor_candidates(
+            has_convolutions, num_weight_tensors
+        )
         self._chunk_program = chunk_program
         self._placement = placement
         self._bound: dict[str, Any] = {}

@@ -225,3 +225,20 @@ def test_timed_choice_probes_candidates_and_changes_no_number(request, model_nam
     assert chosen.mode == min(chosen.runner_timings, key=chosen.runner_timings.get)
     forced = build_weighted_fed_avg(model, optax.sgd(0.1), runner=chosen.mode, **options)
     assert_trees_all_close(state.model, _run(forced, [cohort], seed=2).model, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "runner, convolutions, tensors, expected, timed",
+    [
+        ("auto", True, 8, ["sequential", "unroll"], True),
+        ("auto", True, 300, ["sequential"], False),  # keras.applications' size: untimed
+        ("timed", True, 300, ["sequential", "unroll"], True),  # 'timed' always times
+        ("auto", False, 300, ["vmap"], False),
+    ],
+)
+def test_auto_times_a_small_convolutional_model_on_a_cpu_not_a_large_one(
+    runner, convolutions, tensors, expected, timed
+):
+    options = fedjax_keras.algorithms.EngineOptions(runner=runner)
+    executors, measure = options.executor_candidates(convolutions, tensors)
+    assert [e.name for e in executors] == expected and measure is timed
