@@ -101,6 +101,21 @@ def privacy_accountant(spec: str, cohort_size: int, population: int):
         raise UsageError(f"--aggregator: {error}") from None
 
 
+def unaccounted_noise_note(spec: str, cohort_size: int) -> str | None:
+    """Why a spec with a noised ``dp_ftrl`` stage reports no epsilon, or None."""
+    stage = parse_aggregator(spec, cohort_size)
+    while stage is not None and stage["kind"] != "dp_ftrl":
+        stage = stage.get("inner")
+    if stage is None or not stage.get("noise_multiplier"):
+        return None
+    return (
+        "--aggregator dp_ftrl reports no epsilon: the command line samples a new cohort "
+        "every round, so a client may take part more than once per tree, which the tree "
+        "accountant does not bound; account in Python with fedjax_keras.privacy."
+        "tree_accountant and your own participation scheme (docs/privacy.md)."
+    )
+
+
 def epsilon_text(value) -> str:
     """Epsilon for the progress line and the summary table."""
     if value is None:

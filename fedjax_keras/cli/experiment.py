@@ -1,12 +1,18 @@
 """From a `Config` to a model and a federated process (the algorithm registry)."""
 
+import warnings
+
 import jax
 import keras
 import numpy as np
 from jax.sharding import Mesh
 
 from fedjax_keras import algorithms
-from fedjax_keras.cli._aggregator_spec import build_aggregator, privacy_accountant
+from fedjax_keras.cli._aggregator_spec import (
+    build_aggregator,
+    privacy_accountant,
+    unaccounted_noise_note,
+)
 from fedjax_keras.cli._errors import UsageError
 from fedjax_keras.cli.config import list_values, parse_options, sweep_size
 from fedjax_keras.cli.models import resolve_model
@@ -135,6 +141,9 @@ def _engine(config, task: Task, entry) -> dict:
         acc = privacy_accountant(config.aggregator, config.cohort_size, task.train.num_clients)
         if acc is not None:
             engine["host_metrics"] = (acc,)
+        note = unaccounted_noise_note(config.aggregator, config.cohort_size)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
     if entry.epochs_must_be_one and config.epochs != 1:
         raise UsageError(
             f"--epochs: {entry.name} computes one gradient per client; "

@@ -545,3 +545,32 @@ def test_tensorboard_scalars_are_the_metrics_rows_also_after_resume(tmp_path):
     found = scalars(board)
     assert found["train_loss"] == [(r["round"], pytest.approx(r["train_loss"])) for r in rows]
     assert [step for step, _ in found["eval_accuracy"]] == [2, 3]
+
+
+def test_dp_ftrl_says_once_why_it_reports_no_epsilon(tmp_path, capsys):
+    args = [*TINY, "--rounds", "1", "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--aggregator", "dp_ftrl:noise_multiplier=0.5,clip=1.0"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("dp_ftrl reports no epsilon") == 1, err
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
+        if line
+    ]
+    assert "epsilon" not in rows[0]
+    # Without noise there is no privacy to account for, and no note.
+    assert (
+        main(
+            [
+                *TINY,
+                "--rounds",
+                "1",
+                "--run-dir",
+                str(tmp_path / "quiet"),
+                "--aggregator",
+                "dp_ftrl:noise_multiplier=0,clip=1.0",
+            ]
+        )
+        == 0
+    )
+    assert "no epsilon" not in capsys.readouterr().err
