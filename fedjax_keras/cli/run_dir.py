@@ -90,26 +90,14 @@ def os_error_reason(error: OSError, path: str) -> str:
 
 
 @contextlib.contextmanager
-def writing(path: str, action: str = "write"):
-    """Turns an OSError while writing ``path`` into a one-line `UsageError`."""
+def writing(path: str, action: str = "write", flag: str = "--run-dir"):
+    """Turns an OSError while writing ``path`` into a one-line `UsageError` naming ``flag``."""
     try:
         yield
     except OSError as error:
         raise UsageError(
-            f"--run-dir: cannot {action} {path!r} ({os_error_reason(error, path)}); "
+            f"{flag}: cannot {action} {path!r} ({os_error_reason(error, path)}); "
             "expected a writable directory with free space."
-        ) from None
-
-
-@contextlib.contextmanager
-def _writing_board(path: str, action: str = "write"):
-    """`writing` for the ``--tensorboard`` folder."""
-    try:
-        yield
-    except OSError as error:
-        raise UsageError(
-            f"--tensorboard: cannot {action} {path!r} ({os_error_reason(error, path)}); "
-            "expected a writable directory."
         ) from None
 
 
@@ -226,7 +214,7 @@ class RunDir:
             raise UsageError(
                 "--tensorboard needs tensorboardX: pip install fedjax_keras[tensorboard]."
             ) from None
-        with _writing_board(log_dir, "create"):
+        with writing(log_dir, "create", "--tensorboard"):
             os.makedirs(log_dir, exist_ok=True)
         self.board = board
 
@@ -294,7 +282,7 @@ class RunDir:
         self.rows = list(by_round.values())
         self._rewrite()
         if self.board is not None:  # the rounds after up_to_round are purged there too
-            with _writing_board(self.board.log_dir):
+            with writing(self.board.log_dir, flag="--tensorboard"):
                 self.board.on_begin(up_to_round, self.rows)
 
     def append(self, row: dict) -> None:
@@ -309,7 +297,7 @@ class RunDir:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
         if self.board is not None:
-            with _writing_board(self.board.log_dir):
+            with writing(self.board.log_dir, flag="--tensorboard"):
                 self.board.on_round_end(row, None)
 
     def _rewrite(self) -> None:

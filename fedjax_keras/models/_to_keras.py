@@ -274,7 +274,8 @@ def write_weights(
         given = merge_lora_factors(given, sites)
     else:
         _add_lora(target, sites, strict=strict)
-    variables = dict(VariableLayout.of(target).trainable + VariableLayout.of(target).non_trainable)
+    written = VariableLayout.of(target)
+    variables = dict(written.trainable + written.non_trainable)
     differences = _differences(
         {path: tuple(v.shape) for path, v in variables.items()},
         {path: tuple(np.shape(value)) for path, value in given.items()},
